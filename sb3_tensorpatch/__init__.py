@@ -1,0 +1,123 @@
+"""sb3-tensorpatch: Stable-Baselines3 ``predict()`` for torch tensors, on the tensor's device.
+
+.. code-block:: python
+
+    import sb3_tensorpatch
+
+    sb3_tensorpatch.enable()
+    actions, _ = model.predict(obs_tensor, deterministic=True)  # a tensor on obs_tensor.device
+
+Only the names below are public.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar, overload
+
+from .status import RowStatus, Status
+from .table import UnsupportedVersionError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RowStatus",
+    "Status",
+    "UnsupportedVersionError",
+    "__version__",
+    "disable",
+    "enable",
+    "is_enabled",
+    "patched",
+    "status",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_patcher: Any = None
+
+
+def _get_patcher() -> Any:
+    global _patcher
+    if _patcher is None:
+        from .patcher import Patcher
+
+        _patcher = Patcher()
+    return _patcher
+
+
+def enable() -> Status:
+    """Patch SB3 so that ``predict()`` accepts torch tensors. Idempotent.
+
+    Imports SB3 (and sb3-contrib when installed), checks their versions and every target's
+    signature against the patch table, and patches only when all fit.
+
+    :return: the status after enabling
+    :raises UnsupportedVersionError: when the installed SB3 is outside the table; nothing is patched
+    """
+    return _get_patcher().enable()  # type: ignore[no-any-return]
+
+
+def disable() -> Status:
+    """Undo the patch exactly. Idempotent, and safe when it was never enabled.
+
+    Ends every open :func:`patched` scope too.
+
+    :return: the status after disabling
+    """
+    if _patcher is None:
+        return status()
+    return _patcher.disable()  # type: ignore[no-any-return]
+
+
+def is_enabled() -> bool:
+    """Return whether the patch is installed right now."""
+    return _patcher is not None and bool(_patcher.is_enabled())
+
+
+def status() -> Status:
+    """Return the installed SB3 / sb3-contrib versions, the table rows that match, and what is patched."""
+    return _get_patcher().status()  # type: ignore[no-any-return]
+
+
+class _Scope:
+    """A :func:`patched` scope: a context manager, and a decorator that opens a fresh scope per call."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> Status:
+        patcher = _get_patcher()
+        self._tokens.append(patcher.enter_scope())
+        return patcher.status()  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        _get_patcher().exit_scope(self._tokens.pop())
+
+    def __call__(self, function: _F) -> _F:
+        @functools.wraps(function)
+        def scoped(*args: Any, **kwargs: Any) -> Any:
+            with _Scope():
+                return function(*args, **kwargs)
+
+        return scoped  # type: ignore[return-value]
+
+
+@overload
+def patched(function: None = None) -> _Scope: ...
+@overload
+def patched(function: _F) -> _F: ...
+def patched(function: _F | None = None) -> _Scope | _F:
+    """Enable the patch for a block or a function, then restore the state found on entry.
+
+    Usable as ``with patched():``, as ``@patched()`` and as ``@patched``. Scopes nest and are counted
+    across threads: the patch stays installed while any scope is open or :func:`enable` was called.
+    On exit, the explicit enabled state found on entry is restored, also when the body raises.
+
+    :param function: the function to decorate, when used as a bare ``@patched``
+    """
+    scope = _Scope()
+    if function is None:
+        return scope
+    return scope(function)

@@ -1,0 +1,74 @@
+"""On-device action post-processing: reshape, clip or unscale Box actions, drop the batch dim.
+
+This restates the numpy tail of SB3's ``predict`` with the same arithmetic in the same order, so
+that the results agree bit for bit: ``np.clip(actions, low, high)`` for Box actions, or
+``low + 0.5 * (actions + 1.0) * (high - low)`` (``unscale_action``) when the policy squashes its
+output. The bounds become tensors once per (policy, device).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import sb3
+
+Tensor = torch.Tensor
+
+CLIP = "clip"
+UNSCALE = "unscale"
+
+
+class ActionPlan:
+    """How to post-process actions for one policy's action space.
+
+    :param space: the policy's ``action_space``
+    :param squash_output: the policy's ``squash_output``
+    """
+
+    __slots__ = ("_bounds", "_high", "_low", "batched_shape", "mode", "shape", "space")
+
+    def __init__(self, space: Any, squash_output: bool) -> None:
+        self.space = space
+        self.shape = tuple(space.shape)
+        self.batched_shape = (-1, *self.shape)
+        self.mode: str | None = None
+        if isinstance(space, sb3.spaces.Box):
+            self.mode = UNSCALE if squash_output else CLIP
+            self._low = np.asarray(space.low)
+            self._high = np.asarray(space.high)
+        self._bounds: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def bounds(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Return ``(low, high)`` for clipping, or ``(low, high - low)`` for unscaling, on ``device``."""
+        cached = self._bounds.get(device)
+        if cached is None:
+            low = torch.as_tensor(self._low, device=device)
+            high = torch.as_tensor(self._high, device=device)
+            second = high - low if self.mode == UNSCALE else high
+            # a dict assignment is atomic: concurrent first calls at worst build the pair twice
+            cached = self._bounds[device] = (low, second)
+        return cached
+
+    def finish(self, actions: Tensor, vectorized: bool, reshape: bool = True) -> Tensor:
+        """Post-process the raw output of ``_predict`` as SB3's ``predict`` does, on its device.
+
+        :param actions: the actions returned by the policy's ``_predict``
+        :param vectorized: whether the observation was batched (else the batch dim is dropped)
+        :param reshape: reshape to ``(-1, *action_space.shape)`` first (SB3 >= 1.6.1; contrib's
+            maskable and recurrent policies only from 2.8.0)
+        """
+        if reshape and actions.shape[1:] != self.shape:
+            actions = actions.reshape(self.batched_shape)
+        mode = self.mode
+        if mode is not None:
+            low, second = self.bounds(actions.device)
+            if mode == CLIP:
+                actions = torch.clamp(actions, low, second)
+            else:
+                actions = low + 0.5 * (actions + 1.0) * second
+        if not vectorized:
+            actions = actions.squeeze(0)
+        return actions

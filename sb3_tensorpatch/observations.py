@@ -1,0 +1,196 @@
+"""Tensor observations: validate, transpose images, tell single from batched, add the batch dim.
+
+This restates SB3's ``BaseModel.obs_to_tensor`` for tensors without leaving the device. The
+single-vs-batched decision is made by SB3's own ``is_vectorized_*_observation`` helpers of the
+installed release (they only read ``.shape``), so shape errors carry SB3's own messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import sb3
+
+Tensor = torch.Tensor
+
+# dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``)
+_NUMERIC_KINDS = frozenset(
+    {
+        torch.float16, torch.bfloat16, torch.float32, torch.float64,
+        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+    }
+)
+
+
+def is_tensor_input(observation: object) -> bool:
+    """Return whether ``observation`` takes the tensor route: a tensor, or a dict holding one.
+
+    :param observation: the first argument given to ``predict``
+    """
+    if isinstance(observation, Tensor):
+        return True
+    if isinstance(observation, dict):
+        for value in observation.values():
+            if isinstance(value, Tensor):
+                return True
+    return False
+
+
+def _check_dtype(obs: Tensor, what: str) -> None:
+    if obs.dtype not in _NUMERIC_KINDS:
+        raise TypeError(
+            f"Error: Unexpected observation dtype {obs.dtype} for {what}: "
+            "expected a real-valued or integer tensor (float, int, uint8 or bool)."
+        )
+
+
+class LeafPlan:
+    """How to prepare a tensor for one non-Dict observation space.
+
+    :param space: the (sub-)space of the policy's observation space
+    """
+
+    __slots__ = ("batched_shape", "checker", "is_image", "shape", "space", "transposed")
+
+    def __init__(self, space: Any) -> None:
+        self.space = space
+        self.shape = tuple(space.shape)
+        self.batched_shape = (-1, *self.shape)
+        self.is_image = sb3.is_image_space(space)
+        # the channel-last shape that SB3's maybe_transpose would turn into this space's shape
+        self.transposed = (self.shape[1], self.shape[2], self.shape[0]) if self.is_image else None
+        self.checker = sb3.vectorized_checker(space)
+
+    def prepare(self, obs: Tensor) -> tuple[Tensor, bool]:
+        """Validate ``obs`` and return it batched and channel-first, with whether it was batched.
+
+        :raises ValueError: for a shape that fits neither a single nor a batched observation
+        :raises TypeError: for a dtype SB3 cannot feed to the network
+        """
+        _check_dtype(obs, str(self.space))
+        if self.is_image:
+            obs = self._maybe_transpose(obs)
+        vectorized = self.checker(obs, self.space)
+        if not vectorized:
+            obs = obs.reshape(self.batched_shape)
+        return obs, vectorized
+
+    def _maybe_transpose(self, obs: Tensor) -> Tensor:
+        # SB3's maybe_transpose: re-order channel-last images (single or batched) to channel-first
+        shape = obs.shape
+        if shape == self.shape or shape[1:] == self.shape:
+            return obs
+        if shape == self.transposed:
+            return obs.permute(2, 0, 1)
+        if shape[1:] == self.transposed:
+            return obs.permute(0, 3, 1, 2)
+        return obs
+
+
+class ObservationPlan:
+    """How to prepare tensor observations for one policy's observation space.
+
+    :param space: the policy's ``observation_space``
+    """
+
+    __slots__ = ("keys", "leaf", "leaves", "space")
+
+    def __init__(self, space: Any) -> None:
+        self.space = space
+        if isinstance(space, sb3.spaces.Dict):
+            self.leaf = None
+            self.keys = frozenset(space.spaces)
+            self.leaves = tuple((key, LeafPlan(sub)) for key, sub in space.spaces.items())
+        else:
+            self.leaf = LeafPlan(space)
+            self.keys = frozenset()
+            self.leaves = ()
+
+    def prepare(self, observation: Tensor | dict[str, Any]) -> tuple[Tensor | dict[str, Tensor], bool, torch.device]:
+        """Validate and batch a tensor observation (or dict of them), without moving it.
+
+        :param observation: a tensor, or a dict of tensors for a Dict observation space
+        :return: the batched observation, whether the input was batched, and the input's device
+        :raises ValueError: for shapes that fit neither single nor batched, or wrong dict keys
+        :raises TypeError: for a dict where a tensor is expected and the other way round
+        """
+        leaf = self.leaf
+        if leaf is not None:
+            if not isinstance(observation, Tensor):
+                raise TypeError(
+                    f"Error: the observation is a {type(observation).__name__} but the observation space "
+                    f"is {self.space}: pass a tensor."
+                )
+            obs, vectorized = leaf.prepare(observation)
+            return obs, vectorized, observation.device
+        return self._prepare_dict(observation)
+
+    def _prepare_dict(self, observation: Any) -> tuple[dict[str, Tensor], bool, torch.device]:
+        if not isinstance(observation, dict):
+            raise TypeError(
+                f"Error: the observation is a {type(observation).__name__} but the observation space "
+                f"is {self.space}: pass a dict of tensors with the keys {sorted(self.keys)}."
+            )
+        given = observation.keys()
+        if given != self.keys:
+            missing = sorted(self.keys - given)
+            extra = sorted(set(given) - self.keys, key=str)
+            raise ValueError(
+                f"Error: the Dict observation has the wrong keys (missing: {missing}, unexpected: {extra}); "
+                f"the observation space expects exactly {sorted(self.keys)}."
+            )
+        device = None
+        for value in observation.values():
+            if isinstance(value, Tensor):
+                device = value.device
+                break
+        assert device is not None  # the route is only taken when a value is a tensor
+        prepared: dict[str, Tensor] = {}
+        vectorized = False
+        batch = None
+        for key, leaf in self.leaves:
+            value = observation[key]
+            if not isinstance(value, Tensor):
+                # numpy arrays (or lists) beside tensors are converted onto the tensors' device
+                value = torch.as_tensor(value, device=device)
+            elif value.device != device:
+                raise ValueError(
+                    f"Error: the Dict observation's tensors are on different devices "
+                    f"({device} and {value.device} for key {key!r}); put them on one device."
+                )
+            value, key_vectorized = leaf.prepare(value)
+            vectorized = vectorized or key_vectorized
+            if batch is None:
+                batch = value.shape[0]
+            elif value.shape[0] != batch:
+                raise ValueError(
+                    f"Error: the Dict observation's keys have different batch sizes "
+                    f"({batch} and {value.shape[0]} for key {key!r})."
+                )
+            prepared[key] = value
+        return prepared, vectorized, device
+
+
+def batch_size(obs: Tensor | dict[str, Tensor]) -> int:
+    """Return the batch size of a prepared (batched) observation."""
+    if isinstance(obs, dict):
+        return next(iter(obs.values())).shape[0]
+    return obs.shape[0]
+
+
+def to_device(obs: Tensor | dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:
+    """Move a prepared observation to ``device``.
+
+    :raises ValueError: when the tensor cannot be moved there (for example a ``meta`` tensor)
+    """
+    try:
+        if isinstance(obs, dict):
+            return {key: value.to(device) for key, value in obs.items()}
+        return obs.to(device)
+    except (RuntimeError, NotImplementedError) as exc:
+        source = obs.device if isinstance(obs, Tensor) else next(iter(obs.values())).device
+        raise ValueError(
+            f"Error: the observation is on device {source}, which the policy on {device} cannot use: {exc}"
+        ) from exc

@@ -1,0 +1,248 @@
+"""Installs and removes the wrappers, exactly, under a lock.
+
+``enable()`` selects the table rows that fit the installed packages, imports every target, checks
+each target's signature against its row, and only when all of them fit installs one wrapt
+``FunctionWrapper`` per target into the class that defines it. For each target it records the raw
+``cls.__dict__`` entry it replaced; ``disable()`` replays the records in reverse and puts each entry
+back by identity, so each class's ``__dict__`` holds the very object it held before.
+
+A wrapper that someone else installed on top of ours stays where it is: ours underneath it is made
+inert (it passes every call straight to SB3's original) and a warning says so.
+
+The patch is on while it is enabled explicitly or while any ``patched()`` scope is open; scopes
+are counted so that one thread leaving its scope does not unpatch another's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import wrapt
+
+from .status import RowStatus, Status
+from .table import ROWS, Row, Selection, UnsupportedVersionError, select_rows
+
+_MISSING = object()
+
+
+class _Record:
+    """One installed patch: where it went, what it replaced, and whether it still routes."""
+
+    __slots__ = ("active", "name", "original", "owner", "row", "wrapper")
+
+    def __init__(self, row: Row | None, owner: type, name: str, original: Any) -> None:
+        self.row = row
+        self.owner = owner
+        self.name = name
+        self.original = original
+        self.wrapper: Any = None
+        self.active = True
+
+    @property
+    def target(self) -> str:
+        return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
+
+
+def _dispatcher(route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
+    from .observations import is_tensor_input
+
+    def dispatch(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if record.active and instance is not None:
+            observation = args[0] if args else kwargs.get(first)
+            if is_tensor_input(observation):
+                return route(instance, *args, **kwargs)
+        return wrapped(*args, **kwargs)
+
+    return dispatch
+
+
+@dataclass(frozen=True)
+class _Target:
+    row: Row
+    owner: type
+    function: Any
+
+
+def _resolve(row: Row) -> _Target:
+    """Import the row's target and check it against the row; raise if it does not fit."""
+    module = importlib.import_module(row.module)
+    owner: Any = module
+    for part in row.owner.split("."):
+        owner = getattr(owner, part)
+    if row.attribute not in owner.__dict__:
+        raise UnsupportedVersionError(
+            f"{row.target} is not defined in the installed {row.package}; nothing was patched."
+        )
+    function = owner.__dict__[row.attribute]
+    params = tuple(inspect.signature(function).parameters)[1:]
+    if params != row.params:
+        raise UnsupportedVersionError(
+            f"{row.target} in the installed {row.package} has the parameters {params}, "
+            f"but the patch table expects {row.params}; nothing was patched."
+        )
+    return _Target(row, owner, function)
+
+
+class Patcher:
+    """The one place that changes SB3's classes. Use the module-level functions of the package."""
+
+    def __init__(self, rows: tuple[Row, ...] = ROWS) -> None:
+        self._rows = rows
+        self._lock = threading.RLock()
+        self._records: list[_Record] = []
+        self._explicit = False
+        self._scopes = 0
+        self._generation = 0
+        self._selection: Selection | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    def is_enabled(self) -> bool:
+        return bool(self._records)
+
+    def enable(self) -> Status:
+        with self._lock:
+            self._sync(explicit=True)
+            return self.status()
+
+    def disable(self) -> Status:
+        with self._lock:
+            self._generation += 1
+            self._scopes = 0
+            self._sync(explicit=False)
+            return self.status()
+
+    def enter_scope(self) -> tuple[int, bool]:
+        with self._lock:
+            token = (self._generation, self._explicit)
+            self._scopes += 1
+            try:
+                self._sync(explicit=self._explicit)
+            except BaseException:
+                self._scopes -= 1
+                raise
+            return token
+
+    def exit_scope(self, token: tuple[int, bool]) -> None:
+        generation, explicit = token
+        with self._lock:
+            if generation == self._generation:
+                self._scopes -= 1
+            self._sync(explicit=explicit)
+
+    def _sync(self, explicit: bool) -> None:
+        self._explicit = explicit
+        want = explicit or self._scopes > 0
+        if want and not self._records:
+            self._apply()
+        elif not want and self._records:
+            self._undo()
+
+    # -- patching ----------------------------------------------------------------------------
+    def _apply(self) -> None:
+        selection = select_rows(rows=self._rows)
+        targets = [_resolve(row) for row in selection.rows]  # everything is checked before patching
+        from . import validation
+        from .routes import ROUTES
+
+        routes = [ROUTES[target.row.route](target.row.options) for target in targets]
+        if selection.newer:
+            names = ", ".join(f"{name} {selection.versions[name]}" for name in selection.newer)
+            warnings.warn(
+                f"sb3-tensorpatch was tested up to stable-baselines3 {_newest()}; {names} is newer. "
+                "Its signatures match the newest table rows, so it is patched.",
+                UserWarning,
+                stacklevel=4,
+            )
+        records: list[_Record] = []
+        try:
+            for target, route in zip(targets, routes):
+                name = target.row.attribute
+                record = _Record(target.row, target.owner, name, target.owner.__dict__.get(name, _MISSING))
+                record.wrapper = wrapt.FunctionWrapper(target.function, _dispatcher(route, target.row.params[0], record))
+                setattr(target.owner, name, record.wrapper)
+                records.append(record)
+            records.append(self._patch_validation(validation.ValidationDefault))
+        except BaseException:
+            self._records = records
+            self._undo()
+            raise
+        self._records = records
+        self._selection = selection
+
+    @staticmethod
+    def _patch_validation(descriptor: type) -> _Record:
+        from torch.distributions import Distribution
+
+        original = Distribution.__dict__.get("_validate_args", _MISSING)
+        record = _Record(None, Distribution, "_validate_args", original)
+        default = bool(Distribution._validate_args)
+        record.wrapper = descriptor(default)
+        Distribution._validate_args = record.wrapper
+        return record
+
+    def _undo(self) -> None:
+        records, self._records = self._records, []
+        for record in reversed(records):
+            record.active = False
+            current = record.owner.__dict__.get(record.name, _MISSING)
+            if current is not record.wrapper:
+                if record.row is not None:
+                    warnings.warn(
+                        f"sb3-tensorpatch: {record.target} was wrapped again by someone else after "
+                        "enable(); their wrapper is left in place and ours inside it now passes every "
+                        "call to SB3's original.",
+                        UserWarning,
+                        stacklevel=4,
+                    )
+                continue
+            if record.original is _MISSING:
+                delattr(record.owner, record.name)
+            else:
+                setattr(record.owner, record.name, record.original)
+        from . import cache, normalization
+
+        cache.clear()
+        normalization.clear()
+
+    # -- reporting ---------------------------------------------------------------------------
+    def status(self) -> Status:
+        with self._lock:
+            patched = {record.target for record in self._records if record.row is not None}
+            try:
+                selection = select_rows(rows=self._rows)
+            except UnsupportedVersionError as exc:
+                return Status(
+                    enabled=self.is_enabled(), versions=_versions(), rows=(), newer=(), error=str(exc)
+                )
+            rows = [
+                RowStatus(row.target, row.package, row.versions, row.route, "patched" if row.target in patched else "selected", "")
+                for row in selection.rows
+            ]
+            rows += [RowStatus(row.target, row.package, row.versions, row.route, "skipped", why) for row, why in selection.skipped]
+            order = {row: index for index, row in enumerate(self._rows)}
+            lookup = {(row.target, row.versions): row for row in self._rows}
+            rows.sort(key=lambda item: order[lookup[(item.target, item.versions)]])
+            return Status(
+                enabled=self.is_enabled(),
+                versions=selection.versions,
+                rows=tuple(rows),
+                newer=selection.newer,
+                error=None,
+            )
+
+
+def _versions() -> dict[str, str | None]:
+    from .table import CONTRIB, SB3, installed_version
+
+    return {SB3: installed_version(SB3), CONTRIB: installed_version(CONTRIB)}
+
+
+def _newest() -> str:
+    from .table import NEWEST_SUPPORTED
+
+    return NEWEST_SUPPORTED

@@ -1,0 +1,237 @@
+"""The tensor routes: SB3's ``predict`` algorithms restated for tensors on their device.
+
+Each route factory takes a row's options and returns a function with the patched method's own
+parameters (``self`` first). The patcher calls it only for tensor input; everything else goes to
+SB3's original method. A route validates its input first, then calls the policy's ``_predict``
+with autograd off and distribution argument validation off for this thread, then post-processes
+on the device. It never reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import normalization
+from .cache import PolicyPlan, plan_for
+from .observations import batch_size, to_device
+from .validation import _local as _validation
+
+Tensor = torch.Tensor
+Route = Callable[..., Any]
+
+_grad_enabled = torch.is_grad_enabled
+_set_grad = torch._C._set_grad_enabled
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_moved(source: torch.device, target: torch.device) -> None:
+    pair = (str(source), str(target))
+    if pair in _warned:
+        return
+    with _warned_lock:
+        if pair in _warned:
+            return
+        _warned.add(pair)
+    warnings.warn(
+        f"sb3-tensorpatch: the observation is on {source} but the policy is on {target}; "
+        f"moving it there and the actions back (warned once per pair of devices).",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torch.device, torch.device]:
+    """Validate and batch the observation, move it to the policy's device, set eval mode."""
+    plan = plan_for(policy)
+    obs, vectorized, device = plan.obs.prepare(observation)
+    target = plan.device()
+    if device != target:
+        _warn_moved(device, target)
+        obs = to_device(obs, target)
+    plan.ensure_eval(policy)
+    return plan, obs, vectorized, device, target
+
+
+def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``call`` with autograd off and distribution validation off for this thread."""
+    grad = _grad_enabled()
+    previous = getattr(_validation, "off", False)
+    _set_grad(False)
+    _validation.off = True
+    try:
+        return call(*args, **kwargs)
+    finally:
+        _validation.off = previous
+        _set_grad(grad)
+
+
+def policy_route(options: dict[str, Any]) -> Route:
+    """``BasePolicy.predict`` for tensors."""
+    reshape = options.get("reshape", True)
+
+    def predict(
+        policy: Any,
+        observation: Tensor | dict[str, Tensor],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Any]:
+        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        actions = _quiet(policy._predict, obs, deterministic=deterministic)
+        actions = plan.actions.finish(actions, vectorized, reshape)
+        if device != target:
+            actions = actions.to(device)
+        return actions, state
+
+    return predict
+
+
+def epsilon_greedy_route(options: dict[str, Any]) -> Route:
+    """``DQN.predict`` / ``QRDQN.predict`` for tensors: random actions are drawn on the device."""
+
+    def predict(
+        model: Any,
+        observation: Tensor | dict[str, Tensor],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Any]:
+        # the same draw from numpy's global generator as SB3, so seeding behaves the same
+        if not deterministic and np.random.rand() < model.exploration_rate:
+            plan = plan_for(model.policy)
+            obs, vectorized, device = plan.obs.prepare(observation)
+            space = model.action_space
+            start = int(getattr(space, "start", 0))
+            size = (batch_size(obs),) if vectorized else ()
+            actions = torch.randint(start, start + int(space.n), size, device=device, dtype=torch.int64)
+            return actions, state
+        return model.policy.predict(observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
+
+    return predict
+
+
+def _mask_width(space: Any) -> int:
+    if hasattr(space, "nvec"):
+        return int(np.sum(space.nvec))
+    if hasattr(space, "n") and getattr(space, "shape", ()) != ():
+        return 2 * int(np.prod(space.shape))  # MultiBinary: two logits per binary action
+    return int(space.n)
+
+
+def maskable_route(options: dict[str, Any]) -> Route:
+    """``MaskableActorCriticPolicy.predict`` for tensors, with ``action_masks`` as a tensor."""
+    reshape = options.get("reshape", True)
+    returns_state = options.get("returns_state", True)
+
+    def predict(
+        policy: Any,
+        observation: Tensor | dict[str, Tensor],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        action_masks: Any = None,
+    ) -> tuple[Tensor, Any]:
+        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        if action_masks is not None:
+            masks = action_masks if isinstance(action_masks, Tensor) else torch.as_tensor(np.asarray(action_masks))
+            expected = batch_size(obs) * _mask_width(policy.action_space)
+            if masks.numel() != expected:
+                raise ValueError(
+                    f"Error: Unexpected action_masks shape {tuple(masks.shape)}: expected {expected} values "
+                    f"({batch_size(obs)} observation(s) x {expected // max(batch_size(obs), 1)} per observation "
+                    f"for {policy.action_space})."
+                )
+            action_masks = masks.to(target)
+        actions = _quiet(policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
+        actions = plan.actions.finish(actions, vectorized, reshape)
+        if device != target:
+            actions = actions.to(device)
+        return actions, (state if returns_state else None)
+
+    return predict
+
+
+def _check_states(state: Any, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    if not (isinstance(state, (tuple, list)) and len(state) == 2):
+        raise ValueError(
+            f"Error: Unexpected LSTM state {type(state).__name__}: expected a tuple (hidden, cell) of "
+            f"tensors of shape {shape}."
+        )
+    pair = tuple(value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value)) for value in state)
+    for value in pair:
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"Error: Unexpected LSTM state shape {tuple(value.shape)}: expected {shape} "
+                "(n_lstm_layers, n_envs, lstm_hidden_size)."
+            )
+    return pair  # type: ignore[return-value]
+
+
+def recurrent_route(options: dict[str, Any]) -> Route:
+    """``RecurrentActorCriticPolicy.predict`` for tensors: LSTM states in and out as tensors."""
+    reshape = options.get("reshape", True)
+
+    def predict(
+        policy: Any,
+        observation: Tensor | dict[str, Tensor],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        n_envs = batch_size(obs)
+        layers, _, hidden = policy.lstm_hidden_state_shape
+        shape = (layers, n_envs, hidden)
+        if state is None:
+            zeros = torch.zeros(shape, dtype=torch.float32, device=target)
+            states = (zeros, zeros)
+        else:
+            checked = _check_states(state, shape)
+            states = (checked[0].to(target, torch.float32), checked[1].to(target, torch.float32))
+        if episode_start is None:
+            starts = torch.zeros(n_envs, dtype=torch.float32, device=target)
+        else:
+            starts = episode_start if isinstance(episode_start, Tensor) else torch.as_tensor(np.asarray(episode_start))
+            if starts.numel() != n_envs:
+                raise ValueError(
+                    f"Error: Unexpected episode_start shape {tuple(starts.shape)}: expected {n_envs} value(s), "
+                    "one per environment."
+                )
+            starts = starts.to(target, torch.float32)
+        actions, new_states = _quiet(
+            policy._predict, obs, lstm_states=states, episode_starts=starts, deterministic=deterministic
+        )
+        actions = plan.actions.finish(actions, vectorized, reshape)
+        if device != target:
+            actions = actions.to(device)
+            new_states = tuple(value.to(device) for value in new_states)
+        return actions, (new_states[0], new_states[1])
+
+    return predict
+
+
+def _plain(function: Route) -> Callable[[dict[str, Any]], Route]:
+    def factory(options: dict[str, Any]) -> Route:
+        return function
+
+    return factory
+
+
+#: route name (as written in the patch table) to route factory
+ROUTES: dict[str, Callable[[dict[str, Any]], Route]] = {
+    "policy": policy_route,
+    "epsilon_greedy": epsilon_greedy_route,
+    "maskable": maskable_route,
+    "recurrent": recurrent_route,
+    "normalize_obs": _plain(normalization.normalize_obs),
+    "unnormalize_obs": _plain(normalization.unnormalize_obs),
+    "normalize_reward": _plain(normalization.normalize_reward),
+    "unnormalize_reward": _plain(normalization.unnormalize_reward),
+}
