@@ -174,6 +174,44 @@ def _check_states(state: Any, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return pair  # type: ignore[return-value]
 
 
+def _recurrent_actions(policy: Any, obs: Any, states: tuple[Tensor, Tensor], starts: Tensor, deterministic: bool) -> Any:
+    """The recurrent policy's ``_predict`` for one step, without its host read.
+
+    contrib's ``_process_sequence`` picks between two equivalent code paths with
+    ``if th.all(episode_starts == 0.0)``: a host read on every call. For the one-step sequences of
+    ``predict`` both paths compute the same values (the reset multiplies the states by exactly 1.0
+    where no episode starts), so the route always takes the resetting one, with no branch on a
+    tensor. Subclasses that override any of these methods get their own ``_predict`` instead.
+    """
+    if not _standard_recurrent(type(policy)):
+        return policy._predict(obs, lstm_states=states, episode_starts=starts, deterministic=deterministic)
+    from stable_baselines3.common.policies import BaseModel
+
+    features = BaseModel.extract_features(policy, obs, policy.pi_features_extractor)
+    keep = (1.0 - starts).view(1, starts.shape[0], 1)
+    hidden, new_states = policy.lstm_actor(features.unsqueeze(dim=0), (keep * states[0], keep * states[1]))
+    latent = policy.mlp_extractor.forward_actor(_flatten_steps(hidden))
+    return policy._get_action_dist_from_latent(latent).get_actions(deterministic=deterministic), new_states
+
+
+def _flatten_steps(hidden: Tensor) -> Tensor:
+    """(1, n_envs, hidden) LSTM output to (n_envs, hidden), as contrib's ``_process_sequence``."""
+    return torch.flatten(hidden.transpose(0, 1), start_dim=0, end_dim=1)
+
+
+_standard: dict[type, bool] = {}
+
+
+def _standard_recurrent(cls: type) -> bool:
+    known = _standard.get(cls)
+    if known is None:
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy as Base
+
+        names = ("_predict", "get_distribution", "_process_sequence", "extract_features")
+        known = _standard[cls] = all(getattr(cls, name) is getattr(Base, name) for name in names)
+    return known
+
+
 def recurrent_route(options: dict[str, Any]) -> Route:
     """``RecurrentActorCriticPolicy.predict`` for tensors: LSTM states in and out as tensors."""
     reshape = options.get("reshape", True)
@@ -205,9 +243,7 @@ def recurrent_route(options: dict[str, Any]) -> Route:
                     "one per environment."
                 )
             starts = starts.to(target, torch.float32)
-        actions, new_states = _quiet(
-            policy._predict, obs, lstm_states=states, episode_starts=starts, deterministic=deterministic
-        )
+        actions, new_states = _quiet(_recurrent_actions, policy, obs, states, starts, deterministic)
         actions = plan.actions.finish(actions, vectorized, reshape)
         if device != target:
             actions = actions.to(device)

@@ -1,0 +1,159 @@
+"""Test helpers: envs with any observation/action space, small models, the parity grid.
+
+Works on every supported SB3 release: gym 0.21 API for SB3 1.x, gymnasium for 2.x.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import numpy as np
+import stable_baselines3 as sb3
+from packaging.version import Version
+from stable_baselines3.common import policies as _policies
+
+spaces: Any = _policies.spaces
+SB3_VERSION = Version(sb3.__version__)
+GYMNASIUM = SB3_VERSION >= Version("2.0.0")
+if GYMNASIUM:
+    import gymnasium as gym
+else:  # pragma: no cover - SB3 1.8 only
+    import gym  # type: ignore[no-redef]
+
+try:
+    import sb3_contrib
+except ImportError:  # pragma: no cover - matrix without contrib
+    sb3_contrib = None
+
+
+class SpaceEnv(gym.Env):  # type: ignore[misc]
+    """An env that returns samples of its observation space: enough to build any model."""
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, observation_space: Any, action_space: Any) -> None:
+        super().__init__()
+        self.observation_space = observation_space
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        if seed is not None:
+            self.observation_space.seed(seed)
+        obs = self.observation_space.sample()
+        return (obs, {}) if GYMNASIUM else obs
+
+    def step(self, action: Any) -> Any:
+        obs = self.observation_space.sample()
+        if GYMNASIUM:
+            return obs, 0.0, False, False, {}
+        return obs, 0.0, False, {}
+
+
+IMAGE = (36, 36, 3)  # the smallest image NatureCNN accepts, channel-last
+
+
+def observation_space(kind: str) -> Any:
+    if kind == "Box":
+        return spaces.Box(low=-2.0, high=3.0, shape=(3,), dtype=np.float32)
+    if kind == "Discrete":
+        return spaces.Discrete(5)
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete([3, 4])
+    if kind == "MultiBinary":
+        return spaces.MultiBinary(4)
+    if kind == "ImageLast":
+        return spaces.Box(low=0, high=255, shape=IMAGE, dtype=np.uint8)
+    if kind == "ImageFirst":
+        return spaces.Box(low=0, high=255, shape=(IMAGE[2], IMAGE[0], IMAGE[1]), dtype=np.uint8)
+    if kind == "Dict":
+        return spaces.Dict(
+            {
+                "vec": spaces.Box(low=-1.0, high=1.0, shape=(2,), dtype=np.float32),
+                "disc": spaces.Discrete(3),
+                "img": spaces.Box(low=0, high=255, shape=IMAGE, dtype=np.uint8),
+            }
+        )
+    raise ValueError(kind)
+
+
+def action_space(kind: str) -> Any:
+    if kind == "Box":
+        # asymmetric bounds, so that clipping and unscaling are not the identity
+        return spaces.Box(low=np.array([-2.0, 0.0], dtype=np.float32), high=np.array([2.0, 5.0], dtype=np.float32))
+    if kind == "Discrete":
+        return spaces.Discrete(4)
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete([2, 3])
+    if kind == "MultiBinary":
+        return spaces.MultiBinary(3)
+    raise ValueError(kind)
+
+
+OBS_KINDS = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict", "ImageLast", "ImageFirst")
+ACTIONS = {
+    "PPO": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "A2C": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "SAC": ("Box",),
+    "TD3": ("Box",),
+    "DDPG": ("Box",),
+    "DQN": ("Discrete",),
+}
+OFF_POLICY = {"SAC", "TD3", "DDPG", "DQN", "QRDQN", "TQC", "CrossQ"}
+
+
+def policy_name(obs_kind: str) -> str:
+    if obs_kind == "Dict":
+        return "MultiInputPolicy"
+    if obs_kind.startswith("Image"):
+        return "CnnPolicy"
+    return "MlpPolicy"
+
+
+def algorithm_class(name: str) -> Any:
+    if hasattr(sb3, name):
+        return getattr(sb3, name)
+    if sb3_contrib is not None and hasattr(sb3_contrib, name):
+        return getattr(sb3_contrib, name)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def build(algo: str, obs_kind: str, act_kind: str, policy: str | None = None, **extra: Any) -> Any:
+    """A small untrained model (cached: tests must not change it, or must copy it)."""
+    cls = algorithm_class(algo)
+    env = SpaceEnv(observation_space(obs_kind), action_space(act_kind))
+    kwargs: dict[str, Any] = {"device": "cpu", "seed": 0}
+    policy_kwargs: dict[str, Any] = {"net_arch": [16]}
+    if obs_kind == "Dict" or obs_kind.startswith("Image"):
+        policy_kwargs["features_extractor_kwargs"] = {"features_dim": 16} if obs_kind != "Dict" else {"cnn_output_dim": 16}
+    if algo in OFF_POLICY:
+        kwargs["buffer_size"] = 16
+        kwargs["learning_starts"] = 0
+    if policy == "LinearPolicy":  # ARS's linear policy has no hidden layers
+        policy_kwargs = {}
+    if algo == "RecurrentPPO":
+        policy_kwargs["lstm_hidden_size"] = 8
+    kwargs.update(extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(policy or policy_name(obs_kind), env, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def sample_observations(space: Any, count: int, seed: int) -> list[Any]:
+    space.seed(seed)
+    return [space.sample() for _ in range(count)]
+
+
+def stack(observations: list[Any]) -> Any:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def raw_observation_space(model: Any) -> Any:
+    """The space users' observations come from (channel-last for ImageLast, before VecTransposeImage)."""
+    env = model.get_env()
+    inner = getattr(env, "venv", None)
+    return (inner or env).observation_space

@@ -1,0 +1,121 @@
+"""Parity: predict(tensor) against predict(numpy), over algorithms x observation spaces x action
+spaces x single / batch of 1 / batch of several x model.predict / policy.predict.
+
+Deterministic: values (within 1e-5), shape, dtype and device agree. Stochastic: shape, dtype,
+device agree and every action lies inside the action space.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import ACTIONS, OBS_KINDS, build, observation_space, sample_observations, stack
+
+import sb3_tensorpatch
+from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
+
+GRID = [(algo, obs, act) for algo, acts in ACTIONS.items() for obs in OBS_KINDS for act in acts]
+SHAPES = ("single", "batch1", "batch5")
+
+
+def _observations(obs_kind: str, shape: str, seed: int) -> list[Any]:
+    space = observation_space(obs_kind)
+    if shape == "single":
+        return sample_observations(space, 3, seed)
+    size = 1 if shape == "batch1" else 5
+    return [stack(sample_observations(space, size, seed + index)) for index in range(2)]
+
+
+@pytest.fixture(autouse=True)
+def _disabled() -> Any:
+    sb3_tensorpatch.disable()
+    yield
+    sb3_tensorpatch.disable()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("algo,obs_kind,act_kind", GRID, ids=["-".join(case) for case in GRID])
+def test_deterministic_parity(algo: str, obs_kind: str, act_kind: str, shape: str) -> None:
+    model = build(algo, obs_kind, act_kind)
+    observations = _observations(obs_kind, shape, seed=11)
+    assert_predict_parity(model, observations, deterministic=True)
+    assert_predict_parity(model.policy, observations, deterministic=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("algo,obs_kind,act_kind", GRID, ids=["-".join(case) for case in GRID])
+def test_stochastic_shapes_and_bounds(algo: str, obs_kind: str, act_kind: str, shape: str) -> None:
+    model = build(algo, obs_kind, act_kind)
+    observations = _observations(obs_kind, shape, seed=23)
+    assert_predict_parity(model, observations, deterministic=False)
+    assert_predict_parity(model.policy, observations, deterministic=False)
+
+
+def _saturate(model: Any, amount: float) -> Any:
+    """A copy of the model whose Box action outputs are pushed far outside [-1, 1]."""
+    model = copy.deepcopy(model)
+    policy = model.policy
+    if hasattr(policy, "action_net"):  # PPO / A2C: the Gaussian mean
+        layer = policy.action_net
+    elif hasattr(policy.actor, "mu") and isinstance(policy.actor.mu, torch.nn.Linear):  # SAC
+        layer = policy.actor.mu
+    else:  # TD3 / DDPG: mu is Sequential(..., Linear, Tanh)
+        layer = [module for module in policy.actor.mu if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        layer.bias.fill_(0.0)
+        layer.bias[0] = amount
+        layer.bias[1] = -amount
+    return model
+
+
+@pytest.mark.parametrize("amount", [25.0, -25.0])
+@pytest.mark.parametrize("algo", ["PPO", "A2C", "SAC", "TD3", "DDPG"])
+def test_box_bounds_are_exercised(algo: str, amount: float) -> None:
+    model = _saturate(build(algo, "Box", "Box"), amount)
+    observations = stack(sample_observations(observation_space("Box"), 6, seed=5))
+    expected, _ = model.predict(observations, deterministic=True)
+    low, high = model.action_space.low, model.action_space.high
+    # the NumPy path really clips / unscales to the bounds here
+    assert np.all(expected[:, 0] == (high[0] if amount > 0 else low[0]))
+    assert np.all(expected[:, 1] == (low[1] if amount > 0 else high[1]))
+    assert_predict_parity(model, observations, deterministic=True, atol=0.0)
+    assert_predict_parity(model, observations, deterministic=False)
+
+
+@pytest.mark.parametrize("algo", ["PPO", "SAC"])
+def test_stochastic_box_actions_stay_in_bounds(algo: str) -> None:
+    model = _saturate(build(algo, "Box", "Box"), 3.0)
+    obs = to_tensor(stack(sample_observations(observation_space("Box"), 512, seed=1)))
+    with sb3_tensorpatch.patched():
+        actions, _ = model.predict(obs, deterministic=False)
+    low = torch.as_tensor(model.action_space.low)
+    high = torch.as_tensor(model.action_space.high)
+    assert actions.shape == (512, 2)
+    assert bool(((actions >= low) & (actions <= high)).all())
+    # and the samples are not all on the bounds: stochastic really samples
+    assert bool(((actions > low) & (actions < high)).any())
+
+
+def test_returned_tensors_have_no_graph_and_work_in_autograd() -> None:
+    model = build("SAC", "Box", "Box")
+    obs = torch.tensor(stack(sample_observations(observation_space("Box"), 4, seed=2)), requires_grad=True)
+    with sb3_tensorpatch.patched():
+        actions, _ = model.predict(obs, deterministic=True)
+    assert actions.grad_fn is None and not actions.requires_grad
+    assert not actions.is_inference()
+    weight = torch.ones(2, requires_grad=True)
+    (actions * weight).sum().backward()
+    assert weight.grad is not None
+
+
+def test_single_discrete_observation_as_0d_tensor() -> None:
+    model = build("PPO", "Discrete", "Discrete")
+    for value in range(5):
+        assert_predict_parity(model, [np.int64(value)])
+        with sb3_tensorpatch.patched():
+            actions, _ = model.predict(torch.tensor(value), deterministic=True)
+        assert actions.shape == ()
