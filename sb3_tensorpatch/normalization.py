@@ -11,7 +11,7 @@ the input's dtype where numpy's promotion rules keep it), so the results agree w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -116,10 +116,10 @@ def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Any) -> Tensor | dic
     Keys that are not normalized, and the whole input when ``norm_obs`` is off, are copied, so
     the input is never modified nor returned as is (SB3 deep-copies it).
     """
-    rms = venv.obs_rms
     if isinstance(obs, dict):
         out = {key: value.clone() for key, value in _as_tensors(obs).items()}
         if venv.norm_obs:
+            rms = venv.obs_rms
             if not isinstance(rms, dict):
                 raise TypeError(
                     "Error: a dict observation was given but this VecNormalize normalizes a "
@@ -130,6 +130,7 @@ def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Any) -> Tensor | dic
         return out
     if not venv.norm_obs:
         return obs.clone()
+    rms = venv.obs_rms  # absent when norm_obs is off
     if isinstance(rms, dict):
         raise TypeError(
             "Error: a tensor observation was given but this VecNormalize normalizes the Dict "
@@ -148,15 +149,26 @@ def unnormalize_obs(venv: Any, obs: Tensor | dict[str, Any]) -> Tensor | dict[st
     return _map_obs(venv, obs, _unnormalize)
 
 
-def normalize_reward(venv: Any, reward: Tensor) -> Tensor:
-    """``VecNormalize.normalize_reward`` for a tensor, on its device (a float32 result, as SB3)."""
-    if venv.norm_reward:
-        stats = stats_for(venv.ret_rms, venv.epsilon)
-        _, std = stats.on(reward.device)
-        x = reward.to(stats.compute_dtype("normalize", reward.dtype))
-        clip = venv.clip_reward
-        return torch.clamp(x / std, -clip, clip).to(torch.float32)
-    return reward.to(torch.float32, copy=True)
+def normalize_reward_route(options: dict[str, Any]) -> Callable[[Any, Tensor], Tensor]:
+    """``VecNormalize.normalize_reward`` for a tensor, on its device.
+
+    :param options: ``float32``: the release casts the result to float32 (SB3 >= 2.5.0); before
+        that the result keeps the computation's dtype, and is the input itself when ``norm_reward``
+        is off
+    """
+    cast = options.get("float32", True)
+
+    def normalize_reward(venv: Any, reward: Tensor) -> Tensor:
+        if venv.norm_reward:
+            stats = stats_for(venv.ret_rms, venv.epsilon)
+            _, std = stats.on(reward.device)
+            x = reward.to(stats.compute_dtype("normalize", reward.dtype))
+            clip = venv.clip_reward
+            reward = torch.clamp(x / std, -clip, clip)
+            return reward.to(torch.float32) if cast else reward
+        return reward.to(torch.float32, copy=True) if cast else reward
+
+    return normalize_reward
 
 
 def unnormalize_reward(venv: Any, reward: Tensor) -> Tensor:

@@ -46,6 +46,15 @@ def _check_dtype(obs: Tensor, what: str) -> None:
         )
 
 
+class _Shape:
+    """Stands in for an array in SB3's shape checkers, which only read ``.shape``."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
 class LeafPlan:
     """How to prepare a tensor for one non-Dict observation space.
 
@@ -72,7 +81,12 @@ class LeafPlan:
         _check_dtype(obs, str(self.space))
         if self.is_image:
             obs = self._maybe_transpose(obs)
-        vectorized = self.checker(obs, self.space)
+        try:
+            vectorized = self.checker(obs, self.space)
+        except ValueError:
+            # again with a plain tuple shape, so the message reads as SB3's does for numpy arrays
+            self.checker(_Shape(tuple(obs.shape)), self.space)
+            raise
         if not vectorized:
             obs = obs.reshape(self.batched_shape)
         return obs, vectorized

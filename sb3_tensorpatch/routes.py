@@ -268,6 +268,6 @@ ROUTES: dict[str, Callable[[dict[str, Any]], Route]] = {
     "recurrent": recurrent_route,
     "normalize_obs": _plain(normalization.normalize_obs),
     "unnormalize_obs": _plain(normalization.unnormalize_obs),
-    "normalize_reward": _plain(normalization.normalize_reward),
+    "normalize_reward": normalization.normalize_reward_route,
     "unnormalize_reward": _plain(normalization.unnormalize_reward),
 }

@@ -82,8 +82,11 @@ ROWS: tuple[Row, ...] = (
         "normalize_obs", ("obs",)),
     Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_obs",
         "unnormalize_obs", ("obs",)),
-    Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
-        "normalize_reward", ("reward",)),
+    # normalize_reward casts its result to float32 from 2.5.0 on
+    Row(SB3, ">=1.8.0,<2.5.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
+        "normalize_reward", ("reward",), {"float32": False}),
+    Row(SB3, ">=2.5.0,<=2.9.2", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
+        "normalize_reward", ("reward",), {"float32": True}),
     Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_reward",
         "unnormalize_reward", ("reward",)),
     # sb3-contrib
