@@ -8,6 +8,7 @@ so they never end up in a pickle) and dropped when the policy is garbage-collect
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from typing import Any
@@ -18,6 +19,7 @@ from .actions import ActionPlan
 from .observations import ObservationPlan
 
 _CPU = torch.device("cpu")
+_training = operator.attrgetter("training")
 
 
 class PolicyPlan:
@@ -49,13 +51,8 @@ class PolicyPlan:
         SB3's ``predict`` calls it every time; when nothing is in training mode the call changes
         nothing, and skipping it saves walking the module tree.
         """
-        if policy.training:
+        if policy.training or any(map(_training, self.modules)):
             policy.set_training_mode(False)
-            return
-        for module in self.modules:
-            if module.training:
-                policy.set_training_mode(False)
-                return
 
 
 class ObjectCache:
