@@ -119,3 +119,38 @@ def test_single_discrete_observation_as_0d_tensor() -> None:
         with sb3_tensorpatch.patched():
             actions, _ = model.predict(torch.tensor(value), deterministic=True)
         assert actions.shape == ()
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+_FLOATS = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    algo=st.sampled_from(["PPO", "A2C", "SAC", "TD3", "DDPG"]),
+    batch=st.integers(min_value=0, max_value=6),
+    data=st.data(),
+)
+def test_parity_on_arbitrary_box_observations(algo: str, batch: int, data: Any) -> None:
+    """Any finite float32 observation, single or batched, any Box-action algorithm."""
+    model = build(algo, "Box", "Box")
+    shape = (3,) if batch == 0 else (batch, 3)
+    obs = data.draw(arrays(np.float32, shape, elements=_FLOATS))
+    assert_predict_parity(model, obs, deterministic=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    algo=st.sampled_from(["PPO", "A2C", "DQN"]),
+    obs_kind=st.sampled_from(["Discrete", "MultiDiscrete", "MultiBinary"]),
+    batch=st.integers(min_value=1, max_value=6),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_parity_on_random_discrete_observations(algo: str, obs_kind: str, batch: int, seed: int) -> None:
+    model = build(algo, obs_kind, "Discrete")
+    obs = stack(sample_observations(observation_space(obs_kind), batch, seed))
+    assert_predict_parity(model, obs, deterministic=True)
