@@ -70,7 +70,8 @@ class Row:
 _SB3_ALL = ">=1.8.0,<=2.9.2"
 _CONTRIB_ALL = ">=1.8.0,<=2.9.2"
 
-#: The patch table. Rows for one target must not overlap in their version ranges.
+#: The patch table. Rows for one target must not overlap in their version ranges, and are listed
+#: oldest first: a release newer than every row gets the last one.
 ROWS: tuple[Row, ...] = (
     # BasePolicy.predict serves every policy that does not override predict: PPO, A2C, SAC, TD3,
     # DDPG, DQN's greedy branch, and contrib's QRDQN, TQC, TRPO, ARS and CrossQ.
@@ -210,7 +211,7 @@ def select_rows(
             candidates = [row for row in own if row.target == target]
             chosen: Row | None
             if is_newer:
-                chosen = max(candidates, key=lambda row: _newest_upper_bound([row]))
+                chosen = candidates[-1]  # rows of one target are listed oldest first
             else:
                 matching = [row for row in candidates if row.applies_to(version)]
                 chosen = matching[0] if matching else None
