@@ -13,8 +13,10 @@ Only the names below are public.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, TypeVar, overload
 
+from .patcher import Patcher
 from .status import RowStatus, Status
 from .table import UnsupportedVersionError
 
@@ -33,16 +35,9 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_patcher: Any = None
 
-
-def _get_patcher() -> Any:
-    global _patcher
-    if _patcher is None:
-        from .patcher import Patcher
-
-        _patcher = Patcher()
-    return _patcher
+# the one patcher of the process (importing it loads neither torch nor SB3)
+_patcher = Patcher()
 
 
 def enable() -> Status:
@@ -54,7 +49,7 @@ def enable() -> Status:
     :return: the status after enabling
     :raises UnsupportedVersionError: when the installed SB3 is outside the table; nothing is patched
     """
-    return _get_patcher().enable()  # type: ignore[no-any-return]
+    return _patcher.enable()
 
 
 def disable() -> Status:
@@ -64,19 +59,17 @@ def disable() -> Status:
 
     :return: the status after disabling
     """
-    if _patcher is None:
-        return status()
-    return _patcher.disable()  # type: ignore[no-any-return]
+    return _patcher.disable()
 
 
 def is_enabled() -> bool:
     """Return whether the patch is installed right now."""
-    return _patcher is not None and bool(_patcher.is_enabled())
+    return _patcher.is_enabled()
 
 
 def status() -> Status:
     """Return the installed SB3 / sb3-contrib versions, the table rows that match, and what is patched."""
-    return _get_patcher().status()  # type: ignore[no-any-return]
+    return _patcher.status()
 
 
 class _Scope:
@@ -85,15 +78,21 @@ class _Scope:
     __slots__ = ("_tokens",)
 
     def __init__(self) -> None:
-        self._tokens: list[Any] = []
+        # per thread, so that one scope object may be entered by several threads at once
+        self._tokens: dict[int, list[Any]] = {}
 
     def __enter__(self) -> Status:
-        patcher = _get_patcher()
-        self._tokens.append(patcher.enter_scope())
-        return patcher.status()  # type: ignore[no-any-return]
+        token = _patcher.enter_scope()
+        self._tokens.setdefault(threading.get_ident(), []).append(token)
+        return _patcher.status()
 
     def __exit__(self, *exc: object) -> None:
-        _get_patcher().exit_scope(self._tokens.pop())
+        thread = threading.get_ident()
+        stack = self._tokens[thread]
+        token = stack.pop()
+        if not stack:
+            del self._tokens[thread]
+        _patcher.exit_scope(token)
 
     def __call__(self, function: _F) -> _F:
         @functools.wraps(function)

@@ -62,6 +62,16 @@ def _dispatcher(route: Callable[..., Any], first: str, record: _Record) -> Calla
 
 
 @dataclass(frozen=True)
+class _Token:
+    """What a scope saw on entry."""
+
+    generation: int
+    explicit: bool
+    version: int
+    thread: int
+
+
+@dataclass(frozen=True)
 class _Target:
     row: Row
     owner: type
@@ -97,7 +107,9 @@ class Patcher:
         self._records: list[_Record] = []
         self._explicit = False
         self._scopes = 0
-        self._generation = 0
+        self._generation = 0  # bumped by disable(), which closes every open scope
+        self._version = 0  # bumped whenever the explicit state changes
+        self._changed_by = 0  # the thread that changed it last
         self._selection: Selection | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -116,9 +128,9 @@ class Patcher:
             self._sync(explicit=False)
             return self.status()
 
-    def enter_scope(self) -> tuple[int, bool]:
+    def enter_scope(self) -> _Token:
         with self._lock:
-            token = (self._generation, self._explicit)
+            token = _Token(self._generation, self._explicit, self._version, threading.get_ident())
             self._scopes += 1
             try:
                 self._sync(explicit=self._explicit)
@@ -127,20 +139,28 @@ class Patcher:
                 raise
             return token
 
-    def exit_scope(self, token: tuple[int, bool]) -> None:
-        generation, explicit = token
+    def exit_scope(self, token: _Token) -> None:
         with self._lock:
-            if generation == self._generation:
+            if token.generation == self._generation:  # else disable() already closed every scope
                 self._scopes -= 1
-            self._sync(explicit=explicit)
+            explicit = self._explicit
+            # an enable()/disable() made inside the scope by this thread is undone: the scope
+            # restores the state it found; one made by another thread stands
+            if self._version != token.version and self._changed_by == token.thread:
+                explicit = token.explicit
+            self._sync(explicit)
 
     def _sync(self, explicit: bool) -> None:
-        self._explicit = explicit
+        """Install or remove the patch to match ``explicit`` and the open scopes, then record it."""
         want = explicit or self._scopes > 0
         if want and not self._records:
             self._apply()
         elif not want and self._records:
             self._undo()
+        if explicit != self._explicit:
+            self._explicit = explicit
+            self._version += 1
+            self._changed_by = threading.get_ident()
 
     # -- patching ----------------------------------------------------------------------------
     def _apply(self) -> None:
@@ -156,7 +176,7 @@ class Patcher:
                 f"sb3-tensorpatch was tested up to stable-baselines3 {_newest()}; {names} is newer. "
                 "Its signatures match the newest table rows, so it is patched.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         records: list[_Record] = []
         try:
@@ -197,7 +217,7 @@ class Patcher:
                         "enable(); their wrapper is left in place and ours inside it now passes every "
                         "call to SB3's original.",
                         UserWarning,
-                        stacklevel=4,
+                        stacklevel=5,
                     )
                 continue
             if record.original is _MISSING:

@@ -1,0 +1,945 @@
+"""Patch lifecycle tests, in the style of ddtrace's ``PatchTestCase``.
+
+Every test starts and ends with the patch disabled. The invariant checked throughout is the one the
+contract calls "undo is exact": after ``disable()`` each class's ``__dict__`` holds the very object
+it held before ``enable()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import wrapt
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from torch.distributions import Distribution
+
+import sb3_tensorpatch
+from sb3_tensorpatch import table, validation
+from sb3_tensorpatch.patcher import Patcher
+from sb3_tensorpatch.table import ROWS, select_rows
+
+_MISSING = object()
+_BASE = "stable_baselines3.common.policies:BasePolicy.predict"
+_VALIDATE = "torch.distributions:Distribution._validate_args"
+_POLICY_KWARGS = {"net_arch": [16]}
+
+# SB3's own numpy path turns a CPU tensor into an array with np.array(), which numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _resolve_owner(module: str, owner: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in owner.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _targets() -> dict[str, tuple[Any, str]]:
+    """Every target the selection for the installed versions patches, plus ``Distribution._validate_args``.
+
+    Cached on first use (with the real installed versions), so that tests which pretend other
+    versions still check the real targets.
+    """
+    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in select_rows().rows}
+    found[_VALIDATE] = (Distribution, "_validate_args")
+    return found
+
+
+def _snapshot() -> dict[str, Any]:
+    return {target: owner.__dict__.get(name, _MISSING) for target, (owner, name) in _targets().items()}
+
+
+def _assert_originals(originals: dict[str, Any]) -> None:
+    for target, (owner, name) in _targets().items():
+        assert owner.__dict__.get(name, _MISSING) is originals[target], f"{target} was not restored by identity"
+
+
+def _assert_patched(originals: dict[str, Any]) -> None:
+    for target, (owner, name) in _targets().items():
+        entry = owner.__dict__.get(name, _MISSING)
+        assert entry is not originals[target], f"{target} is not patched"
+        if target == _VALIDATE:
+            assert isinstance(entry, validation.ValidationDefault)
+        else:
+            assert isinstance(entry, wrapt.FunctionWrapper), f"{target}: {type(entry)}"
+            assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
+
+
+def _force_restore(originals: dict[str, Any]) -> None:
+    """Put every original back by hand (cleanup after tests that expose undo bugs)."""
+    for target, (owner, name) in _targets().items():
+        if owner.__dict__.get(name, _MISSING) is not originals[target]:
+            if originals[target] is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, originals[target])
+
+
+def _routes(model: Any, observation: np.ndarray) -> bool:
+    """Whether ``model.predict`` takes the tensor route (a tensor comes back)."""
+    actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
+    return isinstance(actions, torch.Tensor)
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _disabled() -> Any:
+    sb3_tensorpatch.disable()
+    assert not sb3_tensorpatch.is_enabled()
+    yield
+    sb3_tensorpatch.disable()
+
+
+@pytest.fixture(scope="module")
+def originals() -> dict[str, Any]:
+    sb3_tensorpatch.disable()
+    snapshot = _snapshot()
+    assert _BASE in snapshot
+    if table.installed_version(table.CONTRIB) is not None:
+        assert "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict" in snapshot
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def ppo() -> Any:
+    return PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def obs(ppo: Any) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(-0.2, 0.2, size=(4, *ppo.observation_space.shape)).astype(np.float32)
+
+
+# -- identity ---------------------------------------------------------------------------------
+
+
+def test_enable_then_disable_restores_identity(originals: dict[str, Any]) -> None:
+    _assert_originals(originals)
+    sb3_tensorpatch.enable()
+    assert sb3_tensorpatch.is_enabled()
+    _assert_patched(originals)
+    sb3_tensorpatch.disable()
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_disable_without_enable(originals: dict[str, Any]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = sb3_tensorpatch.disable()
+    assert result.enabled is False
+    assert result.patched == ()
+    _assert_originals(originals)
+
+
+def test_double_enable_does_not_double_wrap(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    first = _snapshot()
+    sb3_tensorpatch.enable()
+    second = _snapshot()
+    for target in originals:
+        assert second[target] is first[target], f"{target} was re-wrapped by the second enable()"
+    _assert_patched(originals)  # __wrapped__ is the original function, not another wrapper
+    sb3_tensorpatch.disable()
+    _assert_originals(originals)
+
+
+def test_double_disable(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    sb3_tensorpatch.disable()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sb3_tensorpatch.disable().enabled is False
+    _assert_originals(originals)
+
+
+def test_enable_disable_enable_again(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    for _ in range(3):
+        sb3_tensorpatch.enable()
+        _assert_patched(originals)
+        assert _routes(ppo, obs)
+        sb3_tensorpatch.disable()
+        _assert_originals(originals)
+        assert not _routes(ppo, obs)
+
+
+# -- scopes -----------------------------------------------------------------------------------
+
+
+def test_enable_then_scope_stays_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    before = _snapshot()
+    with sb3_tensorpatch.patched() as status:
+        assert status.enabled
+        for target in originals:
+            assert _snapshot()[target] is before[target]
+    assert sb3_tensorpatch.is_enabled()
+    after = _snapshot()
+    for target in originals:
+        assert after[target] is before[target], f"{target} changed across a scope"
+    sb3_tensorpatch.disable()
+    _assert_originals(originals)
+
+
+def test_scope_without_enable(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    with sb3_tensorpatch.patched() as status:
+        assert status.enabled is True
+        assert sb3_tensorpatch.is_enabled()
+        _assert_patched(originals)
+        assert _routes(ppo, obs)
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+    assert not _routes(ppo, obs)
+
+
+def test_nested_scopes(originals: dict[str, Any]) -> None:
+    with sb3_tensorpatch.patched():
+        outer = _snapshot()
+        with sb3_tensorpatch.patched():
+            _assert_patched(originals)  # no wrapper around a wrapper
+            inner = _snapshot()
+            for target in originals:
+                assert inner[target] is outer[target]
+        assert sb3_tensorpatch.is_enabled()
+        _assert_patched(originals)
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_one_scope_object_reused_nested(originals: dict[str, Any]) -> None:
+    scope = sb3_tensorpatch.patched()
+    with scope:
+        with scope:
+            assert sb3_tensorpatch.is_enabled()
+        assert sb3_tensorpatch.is_enabled()
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+@pytest.mark.parametrize("enabled_on_entry", [False, True])
+def test_disable_inside_scope(originals: dict[str, Any], enabled_on_entry: bool) -> None:
+    if enabled_on_entry:
+        sb3_tensorpatch.enable()
+    with sb3_tensorpatch.patched():
+        with sb3_tensorpatch.patched():
+            sb3_tensorpatch.disable()
+            assert not sb3_tensorpatch.is_enabled()  # disabled right away, every scope ended
+            _assert_originals(originals)
+        # each scope restores the state it found on entry: the inner one too
+        assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    if enabled_on_entry:
+        _assert_patched(originals)
+    else:
+        _assert_originals(originals)
+
+
+def test_enable_inside_scope(originals: dict[str, Any]) -> None:
+    with sb3_tensorpatch.patched():
+        status = sb3_tensorpatch.enable()
+        assert status.enabled
+        _assert_patched(originals)
+    # the scope restores the state found on entry: disabled
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_enable_inside_scope_entered_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    with sb3_tensorpatch.patched():
+        sb3_tensorpatch.enable()
+    assert sb3_tensorpatch.is_enabled()
+    _assert_patched(originals)
+
+
+@pytest.mark.parametrize("enabled_on_entry", [False, True])
+def test_exception_inside_scope(originals: dict[str, Any], enabled_on_entry: bool) -> None:
+    if enabled_on_entry:
+        sb3_tensorpatch.enable()
+    with pytest.raises(KeyError, match="inside the scope"):
+        with sb3_tensorpatch.patched():
+            with sb3_tensorpatch.patched():
+                assert sb3_tensorpatch.is_enabled()
+                raise KeyError("inside the scope")
+    assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    if enabled_on_entry:
+        _assert_patched(originals)
+    else:
+        _assert_originals(originals)
+
+
+# -- decorator forms --------------------------------------------------------------------------
+
+
+def test_decorator_with_call(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched()
+    def inside(value: int) -> tuple[bool, int]:
+        return sb3_tensorpatch.is_enabled(), value + 1
+
+    assert not sb3_tensorpatch.is_enabled()  # decorating does not patch
+    assert inside(1) == (True, 2)
+    assert inside(2) == (True, 3)  # a fresh scope per call
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_bare_decorator(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched
+    def inside(*, key: str) -> tuple[bool, str]:
+        """Docstring kept."""
+        return sb3_tensorpatch.is_enabled(), key
+
+    assert inside.__name__ == "inside"
+    assert inside.__doc__ == "Docstring kept."
+    assert not sb3_tensorpatch.is_enabled()
+    assert inside(key="k") == (True, "k")
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_decorated_function_called_recursively(originals: dict[str, Any]) -> None:
+    seen: list[bool] = []
+
+    @sb3_tensorpatch.patched
+    def recurse(depth: int) -> int:
+        seen.append(sb3_tensorpatch.is_enabled())
+        return 0 if depth == 0 else 1 + recurse(depth - 1)
+
+    assert recurse(5) == 5
+    assert seen == [True] * 6
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_decorated_function_that_raises(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched()
+    def fails() -> None:
+        assert sb3_tensorpatch.is_enabled()
+        raise ValueError("from the decorated function")
+
+    with pytest.raises(ValueError, match="from the decorated function"):
+        fails()
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_decorated_recursion_that_raises_at_the_bottom(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched
+    def recurse(depth: int) -> None:
+        if depth == 0:
+            raise LookupError("bottom")
+        recurse(depth - 1)
+
+    with pytest.raises(LookupError, match="bottom"):
+        recurse(3)
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+
+    @sb3_tensorpatch.patched
+    def inside() -> bool:
+        return sb3_tensorpatch.is_enabled()
+
+    assert inside()
+    assert sb3_tensorpatch.is_enabled()
+    _assert_patched(originals)
+
+
+# -- import order (fresh interpreters) --------------------------------------------------------
+
+_SUBPROCESS_CHECK = """
+import numpy as np
+import torch
+import wrapt
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import BasePolicy
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.envs import InvalidActionEnvDiscrete
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+assert sb3_tensorpatch.is_enabled()
+assert isinstance(BasePolicy.__dict__["predict"], wrapt.FunctionWrapper)
+assert isinstance(MaskableActorCriticPolicy.__dict__["predict"], wrapt.FunctionWrapper)
+
+model = PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs={"net_arch": [16]}, seed=0)
+obs = np.random.default_rng(0).uniform(-0.2, 0.2, size=(3, 4)).astype(np.float32)
+expected, _ = model.predict(obs, deterministic=True)
+actions, _ = model.predict(torch.as_tensor(obs), deterministic=True)
+assert isinstance(actions, torch.Tensor), type(actions)
+assert np.array_equal(actions.numpy(), expected), (actions, expected)
+
+env = InvalidActionEnvDiscrete(dim=5, n_invalid_actions=2)
+masked = MaskablePPO("MlpPolicy", env, device="cpu", policy_kwargs={"net_arch": [16]}, seed=0)
+reset = env.reset()
+observation = reset[0] if isinstance(reset, tuple) else reset  # gymnasium or gym 0.21
+masks = env.action_masks()
+expected, _ = masked.predict(observation, action_masks=masks, deterministic=True)
+actions, _ = masked.predict(
+    torch.as_tensor(observation), action_masks=torch.as_tensor(masks), deterministic=True
+)
+assert isinstance(actions, torch.Tensor), type(actions)
+assert np.array_equal(actions.numpy(), expected), (actions, expected)
+assert bool(masks[int(actions)]), "a masked-out action was chosen"
+print("SUBPROCESS-OK")
+"""
+
+_ENABLE_FIRST = """
+import sys
+import sb3_tensorpatch
+assert "stable_baselines3" not in sys.modules and "sb3_contrib" not in sys.modules
+assert sb3_tensorpatch.enable().enabled
+"""
+
+_IMPORT_FIRST = """
+import stable_baselines3, sb3_contrib
+import sb3_tensorpatch
+assert not sb3_tensorpatch.is_enabled()
+assert sb3_tensorpatch.enable().enabled
+"""
+
+
+@pytest.mark.parametrize("prologue", [_ENABLE_FIRST, _IMPORT_FIRST], ids=["enable-before-import", "import-before-enable"])
+def test_import_order_in_fresh_interpreter(prologue: str, tmp_path: Any) -> None:
+    code = textwrap.dedent(prologue) + textwrap.dedent(_SUBPROCESS_CHECK)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "SUBPROCESS-OK" in result.stdout
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+
+def test_concurrent_scopes_and_numpy_predicts(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    expected, _ = ppo.predict(obs, deterministic=True)
+    tensor_obs = torch.as_tensor(obs)
+    errors: list[str] = []
+    counts = {"tensor": 0, "numpy": 0}
+    lock = threading.Lock()
+    start = threading.Barrier(10)
+    tensor_done = threading.Event()
+    finished = [0]
+
+    def tensor_worker() -> None:
+        try:
+            start.wait()
+            for _ in range(50):
+                with sb3_tensorpatch.patched():
+                    actions, _ = ppo.predict(tensor_obs, deterministic=True)
+                assert isinstance(actions, torch.Tensor), f"got {type(actions)} inside a scope"
+                assert np.array_equal(actions.numpy(), expected)
+                with lock:
+                    counts["tensor"] += 1
+        except BaseException as exc:
+            errors.append(repr(exc))
+        finally:
+            with lock:
+                finished[0] += 1
+                if finished[0] == 8:
+                    tensor_done.set()
+
+    def numpy_worker() -> None:
+        try:
+            start.wait()
+            iterations = 0
+            while not tensor_done.is_set() or iterations < 20:
+                actions, _ = ppo.predict(obs, deterministic=True)
+                assert isinstance(actions, np.ndarray), f"numpy input gave {type(actions)}"
+                assert np.array_equal(actions, expected)
+                iterations += 1
+            with lock:
+                counts["numpy"] += iterations
+        except BaseException as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=tensor_worker) for _ in range(8)]
+    threads += [threading.Thread(target=numpy_worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert counts["tensor"] == 8 * 50
+    assert counts["numpy"] >= 40
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_scope_held_by_one_thread_survives_another_threads_scope(
+    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+) -> None:
+    entered = threading.Event()
+    other_done = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def holder() -> None:
+        with sb3_tensorpatch.patched():
+            entered.set()
+            other_done.wait(timeout=30)
+            seen["enabled"] = sb3_tensorpatch.is_enabled()
+            seen["routes"] = _routes(ppo, obs)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(timeout=30)
+
+    def visitor() -> None:
+        with sb3_tensorpatch.patched():
+            seen["visitor"] = sb3_tensorpatch.is_enabled()
+
+    other = threading.Thread(target=visitor)
+    other.start()
+    other.join(timeout=30)
+    assert seen["visitor"] is True
+    assert sb3_tensorpatch.is_enabled()  # the holder's scope is still open
+    _assert_patched(originals)
+    other_done.set()
+    thread.join(timeout=30)
+    assert seen == {"visitor": True, "enabled": True, "routes": True}
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_first_scopes_opened_concurrently_share_one_patcher(originals: dict[str, Any]) -> None:
+    """The patcher exists from import on: threads opening their first scopes at once share it."""
+    start = threading.Barrier(8, timeout=30)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(20):
+            with sb3_tensorpatch.patched():
+                pass
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a stacked wrapper would warn on disable()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            sb3_tensorpatch.disable()
+        _assert_originals(originals)
+    finally:
+        _force_restore(originals)
+
+
+def test_enable_from_another_thread_survives_a_scope_exit(originals: dict[str, Any]) -> None:
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def holder() -> None:
+        with sb3_tensorpatch.patched():
+            entered.set()
+            leave.wait(timeout=30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert entered.wait(timeout=30)
+    sb3_tensorpatch.enable()  # this thread never calls disable()
+    leave.set()
+    thread.join(timeout=30)
+    assert sb3_tensorpatch.is_enabled()
+    _assert_patched(originals)
+
+
+# -- foreign wrappers -------------------------------------------------------------------------
+
+
+def test_foreign_wrapper_on_top_of_ours_is_left_in_place(
+    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+) -> None:
+    original = originals[_BASE]
+    sb3_tensorpatch.enable()
+    current = BasePolicy.predict
+    foreign_calls: list[int] = []
+
+    def foreign(self: Any, *args: Any, **kwargs: Any) -> Any:
+        foreign_calls.append(1)
+        return current(self, *args, **kwargs)
+
+    BasePolicy.predict = foreign  # type: ignore[method-assign]
+    try:
+        assert _routes(ppo, obs)  # foreign -> ours -> tensor route
+        assert foreign_calls == [1]
+        with pytest.warns(UserWarning, match="wrapped again"):
+            sb3_tensorpatch.disable()
+        assert not sb3_tensorpatch.is_enabled()
+        assert BasePolicy.__dict__["predict"] is foreign
+        for target, (owner, name) in _targets().items():
+            if target != _BASE:
+                assert owner.__dict__.get(name, _MISSING) is originals[target], target
+        # ours, under the foreign wrapper, is inert: a tensor reaches SB3's original code
+        try:
+            actions, _ = ppo.predict(torch.as_tensor(obs), deterministic=True)
+        except Exception:
+            pass
+        else:
+            assert not isinstance(actions, torch.Tensor)
+            assert isinstance(actions, np.ndarray)
+        assert len(foreign_calls) == 2
+    finally:
+        BasePolicy.predict = original  # type: ignore[method-assign]
+    _assert_originals(originals)
+
+
+def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    original = originals[_BASE]
+    foreign_calls: list[int] = []
+
+    @functools.wraps(original)
+    def foreign(self: Any, *args: Any, **kwargs: Any) -> Any:
+        foreign_calls.append(1)
+        return original(self, *args, **kwargs)
+
+    BasePolicy.predict = foreign  # type: ignore[method-assign]
+    try:
+        sb3_tensorpatch.enable()
+        entry = BasePolicy.__dict__["predict"]
+        assert isinstance(entry, wrapt.FunctionWrapper)
+        assert entry.__wrapped__ is foreign
+        actions, _ = ppo.predict(obs, deterministic=True)  # numpy goes through the foreign wrapper
+        assert isinstance(actions, np.ndarray)
+        assert foreign_calls == [1]
+        assert _routes(ppo, obs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sb3_tensorpatch.disable()
+        assert BasePolicy.__dict__["predict"] is foreign
+    finally:
+        BasePolicy.predict = original  # type: ignore[method-assign]
+    _assert_originals(originals)
+
+
+def test_foreign_wrapper_with_another_signature_is_refused(originals: dict[str, Any]) -> None:
+    original = originals[_BASE]
+
+    def foreign(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(self, *args, **kwargs)
+
+    BasePolicy.predict = foreign  # type: ignore[method-assign]
+    try:
+        with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="parameters"):
+            sb3_tensorpatch.enable()
+        assert not sb3_tensorpatch.is_enabled()
+        assert BasePolicy.__dict__["predict"] is foreign
+        for target, (owner, name) in _targets().items():
+            if target != _BASE:
+                assert owner.__dict__.get(name, _MISSING) is originals[target], target
+    finally:
+        BasePolicy.predict = original  # type: ignore[method-assign]
+    _assert_originals(originals)
+
+
+# -- subclasses and bound methods -------------------------------------------------------------
+
+
+def test_user_subclass_calling_super_routes_once(obs: np.ndarray) -> None:
+    counts = {"predict": 0, "_predict": 0}
+
+    class CountingPolicy(ActorCriticPolicy):
+        def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
+            counts["predict"] += 1
+            return super().predict(observation, state, episode_start, deterministic)
+
+        def _predict(self, observation: Any, deterministic: bool = False) -> Any:
+            counts["_predict"] += 1
+            return super()._predict(observation, deterministic)
+
+    model = PPO(CountingPolicy, "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
+    expected, _ = model.predict(obs, deterministic=True)
+    assert counts == {"predict": 1, "_predict": 1}
+    sb3_tensorpatch.enable()
+    actions, _ = model.predict(torch.as_tensor(obs), deterministic=True)
+    assert isinstance(actions, torch.Tensor)
+    assert np.array_equal(actions.numpy(), expected)
+    assert counts == {"predict": 2, "_predict": 2}  # routed once: one _predict for one predict
+
+
+def test_bound_method_taken_before_enable_keeps_the_original(
+    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+) -> None:
+    # wrapt replaces the class attribute; a bound method made from the plain function earlier
+    # holds that function itself, so it keeps calling SB3's original (numpy out).
+    saved = ppo.policy.predict
+    assert saved.__func__ is originals[_BASE]
+    sb3_tensorpatch.enable()
+    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    assert not isinstance(actions, torch.Tensor)
+    assert isinstance(actions, np.ndarray)
+    fresh, _ = ppo.policy.predict(torch.as_tensor(obs), deterministic=True)
+    assert isinstance(fresh, torch.Tensor)
+    assert np.array_equal(fresh.numpy(), actions)
+
+
+def test_bound_wrapper_taken_while_enabled_is_inert_after_disable(ppo: Any, obs: np.ndarray) -> None:
+    sb3_tensorpatch.enable()
+    saved = ppo.policy.predict
+    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    assert isinstance(actions, torch.Tensor)
+    sb3_tensorpatch.disable()
+    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    assert isinstance(actions, np.ndarray)  # the stale wrapper passes straight to SB3's original
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def test_status_reports_versions_and_patched_targets() -> None:
+    import sb3_contrib
+    import stable_baselines3
+
+    expected_targets = {row.target for row in select_rows().rows}
+    disabled = sb3_tensorpatch.status()
+    text = str(disabled)
+    assert text.splitlines()[0] == "sb3-tensorpatch: disabled"
+    assert stable_baselines3.__version__ in text
+    assert sb3_contrib.__version__ in text
+    assert disabled.enabled is False
+    assert disabled.patched == ()
+    assert disabled.supported
+    assert {row.target for row in disabled.rows if row.state == "selected"} == expected_targets
+
+    enabled = sb3_tensorpatch.enable()
+    assert enabled.enabled is True
+    assert set(enabled.patched) == expected_targets
+    assert len(enabled.patched) == len(expected_targets)
+    text = str(sb3_tensorpatch.status())
+    assert text.splitlines()[0] == "sb3-tensorpatch: enabled"
+    assert stable_baselines3.__version__ in text
+    assert sb3_tensorpatch.status().versions[table.SB3] == stable_baselines3.__version__
+
+    after = sb3_tensorpatch.disable()
+    assert after.enabled is False
+    assert after.patched == ()
+    assert sb3_tensorpatch.status().patched == ()
+
+
+# -- versions ---------------------------------------------------------------------------------
+
+
+def _pretend(monkeypatch: pytest.MonkeyPatch, **versions: str) -> None:
+    real = table.installed_version
+    names = {"sb3": table.SB3, "contrib": table.CONTRIB}
+    fake = {names[key]: value for key, value in versions.items()}
+    # select_rows() looks installed_version up in table's globals at call time, so this reaches enable()
+    monkeypatch.setattr(table, "installed_version", lambda package: fake.get(package, real(package)))
+
+
+def test_too_old_sb3_is_refused(originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    _pretend(monkeypatch, sb3="1.7.0")
+    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError) as info:
+        sb3_tensorpatch.enable()
+    assert "1.7.0" in str(info.value)
+    assert "1.8.0" in str(info.value)
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+    status = sb3_tensorpatch.status()
+    assert not status.supported
+    assert status.error is not None and "1.7.0" in status.error
+
+
+def test_select_rows_refuses_too_old_versions() -> None:
+    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match=r"1\.7\.0.*1\.8\.0"):
+        select_rows(versions={table.SB3: "1.7.0", table.CONTRIB: None})
+    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="not installed"):
+        select_rows(versions={table.SB3: None, table.CONTRIB: None})
+
+
+def test_failed_enable_does_not_leak_into_a_later_scope(
+    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend(monkeypatch, sb3="1.7.0")
+    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError):
+        sb3_tensorpatch.enable()
+    monkeypatch.undo()
+    assert not sb3_tensorpatch.is_enabled()
+    with sb3_tensorpatch.patched():
+        assert sb3_tensorpatch.is_enabled()
+    assert not sb3_tensorpatch.is_enabled()
+    _assert_originals(originals)
+
+
+def test_newer_sb3_with_matching_signatures_is_patched_with_a_warning(
+    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch, ppo: Any, obs: np.ndarray
+) -> None:
+    _pretend(monkeypatch, sb3="3.0.0")
+    with pytest.warns(UserWarning, match=r"stable-baselines3 3\.0\.0 is newer"):
+        status = sb3_tensorpatch.enable()
+    assert status.enabled
+    assert status.newer == (table.SB3,)
+    _assert_patched(originals)
+    assert _routes(ppo, obs)
+    sb3_tensorpatch.disable()
+    _assert_originals(originals)
+
+
+def test_newer_sb3_contrib_with_matching_signatures_is_patched_with_a_warning(
+    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend(monkeypatch, contrib="3.0.0")
+    with pytest.warns(UserWarning, match=r"sb3-contrib 3\.0\.0 is newer"):
+        status = sb3_tensorpatch.enable()
+    assert status.enabled
+    assert status.newer == (table.CONTRIB,)
+    _assert_patched(originals)
+    sb3_tensorpatch.disable()
+    _assert_originals(originals)
+
+
+def test_newer_version_with_other_signatures_is_refused(
+    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _pretend(monkeypatch, sb3="3.0.0", contrib="3.0.0")
+    rows = tuple(
+        dataclasses.replace(row, params=("obs", *row.params[1:])) if row.target == _BASE else row for row in ROWS
+    )
+    patcher = Patcher(rows=rows)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the "newer" warning comes only if it were patched
+            with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="expects"):
+                patcher.enable()
+        assert not patcher.is_enabled()
+        _assert_originals(originals)
+    finally:
+        patcher.disable()
+    _assert_originals(originals)
+
+
+@pytest.mark.parametrize("which", [0, -1], ids=["first-row", "last-row"])
+def test_row_with_other_params_is_refused_and_nothing_patched(originals: dict[str, Any], which: int) -> None:
+    target = select_rows().rows[which].target
+    rows = tuple(
+        dataclasses.replace(row, params=(*row.params, "unexpected")) if row.target == target else row for row in ROWS
+    )
+    patcher = Patcher(rows=rows)
+    try:
+        with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="expects"):
+            patcher.enable()
+        assert not patcher.is_enabled()
+        _assert_originals(originals)  # every target is checked before any is patched
+    finally:
+        patcher.disable()
+    _assert_originals(originals)
+
+
+def test_row_whose_target_is_not_defined_in_the_class_is_refused(originals: dict[str, Any]) -> None:
+    bogus = dataclasses.replace(ROWS[0], target="stable_baselines3.ppo.ppo:PPO.predict")
+    patcher = Patcher(rows=(*ROWS, bogus))
+    try:
+        with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="not defined"):
+            patcher.enable()
+        assert not patcher.is_enabled()
+        _assert_originals(originals)
+    finally:
+        patcher.disable()
+
+
+# -- distribution argument validation ---------------------------------------------------------
+
+
+def _invalid_normal() -> Any:
+    return torch.distributions.Normal(torch.zeros(1), -torch.ones(1))
+
+
+def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    before = Distribution._validate_args
+    assert before is True  # torch's default (``__debug__``)
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    sb3_tensorpatch.enable()
+    assert Distribution._validate_args == before
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    assert _routes(ppo, obs)  # the route switches validation off only for its own call
+    assert Distribution._validate_args == before
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is originals[_VALIDATE]
+    with pytest.raises(ValueError):
+        _invalid_normal()
+
+
+def test_validation_off_in_one_thread_only(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    inside = threading.Event()
+    release = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def routed_thread() -> None:
+        validation._local.off = True  # what the tensor route does for its own thread
+        try:
+            seen["validate_args"] = Distribution._validate_args
+            try:
+                _invalid_normal()
+                seen["raised"] = False
+            except ValueError:
+                seen["raised"] = True
+            inside.set()
+            release.wait(timeout=30)
+        finally:
+            validation._local.off = False
+
+    thread = threading.Thread(target=routed_thread)
+    thread.start()
+    try:
+        assert inside.wait(timeout=30)
+        assert seen == {"validate_args": False, "raised": False}
+        # this thread, at the same moment, still validates
+        assert Distribution._validate_args is True
+        with pytest.raises(ValueError):
+            _invalid_normal()
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is originals[_VALIDATE]
+
+
+def test_thread_local_switch_has_no_effect_when_disabled() -> None:
+    validation._local.off = True
+    try:
+        with pytest.raises(ValueError):
+            _invalid_normal()
+    finally:
+        validation._local.off = False
+
+
+def test_user_default_set_while_enabled_wins(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    try:
+        Distribution.set_default_validate_args(False)
+        _invalid_normal()  # the user's setting applies
+        sb3_tensorpatch.disable()
+        assert Distribution.__dict__["_validate_args"] is False  # disable() leaves the user's value alone
+        _invalid_normal()
+    finally:
+        Distribution._validate_args = originals[_VALIDATE]
+    with pytest.raises(ValueError):
+        _invalid_normal()
