@@ -112,7 +112,9 @@ def patched(function: _F | None = None) -> _Scope | _F:
 
     Usable as ``with patched():``, as ``@patched()`` and as ``@patched``. Scopes nest and are counted
     across threads: the patch stays installed while any scope is open or :func:`enable` was called.
-    On exit, the explicit enabled state found on entry is restored, also when the body raises.
+    On exit, also when the body raises, an :func:`enable` or :func:`disable` that this thread called
+    inside the scope is undone, so the state found on entry is back; one called by another thread
+    stands. :func:`disable` is a hard off that closes every open scope.
 
     :param function: the function to decorate, when used as a bare ``@patched``
     """
