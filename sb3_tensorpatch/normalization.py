@@ -1,17 +1,21 @@
 """On-device ``VecNormalize``: its statistics applied to tensors, never stale.
 
 The statistics (``RunningMeanStd``: float64 ``mean`` and ``var``) become device tensors once and are
-reused for as long as they are the same objects: SB3 replaces the arrays on every update
-(``update_from_moments``) and the whole object on ``VecNormalize.load``, and the cache compares
-identities and ``count`` on each call, so the next call after a change sees the new values.
+reused for as long as their values are the same. Each call compares the bytes of ``mean`` and
+``var`` (host-side numpy arrays, so this reads nothing back from the device) and ``epsilon`` with the
+snapshot the tensors were made from, so the next call after any change sees the new values: SB3
+replacing the arrays on every update (``update_from_moments``), ``VecNormalize.load`` replacing the
+whole object, an assignment of new statistics, and an in-place edit of the arrays alike.
 
 The arithmetic is SB3's, in the dtype numpy would use for the same operands (float64 in general,
-the input's dtype where numpy's promotion rules keep it), so the results agree with the numpy path.
+the input's dtype where numpy's promotion rules keep it). As numpy does, every operand is brought to
+that dtype first (the statistics once, in the cache; the input only where torch's own promotion
+would not reach it), so the results agree with the numpy path.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,57 +24,115 @@ from .cache import ObjectCache
 
 Tensor = torch.Tensor
 
+# each operation of VecNormalize, as numpy computes it in SB3 and as the route restates it for
+# tensors (``x`` in the result dtype or promoted to it by torch; ``mean`` and ``std`` in that dtype)
+_NUMPY_OPS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "normalize": lambda x, mean, std: (x - mean) / std,
+    "unnormalize": lambda x, mean, std: (x * std) + mean,
+    "normalize_reward": lambda x, mean, std: x / std,
+    "unnormalize_reward": lambda x, mean, std: x * std,
+}
+_TORCH_OPS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    # the in-place steps work on the fresh tensor the first step made, never on the input
+    "normalize": lambda x, mean, std: torch.sub(x, mean).div_(std),
+    "unnormalize": lambda x, mean, std: torch.mul(x, std).add_(mean),
+    "normalize_reward": lambda x, mean, std: torch.div(x, std),
+    "unnormalize_reward": lambda x, mean, std: torch.mul(x, std),
+}
+
+#: per (operation, input dtype, input is 0-d, device): the dtype to convert the input to first (or
+#: ``None`` where torch promotes it there itself), the statistics tensors, and the operation
+_Step = Tuple[Optional[torch.dtype], Tensor, Tensor, Callable[[Tensor, Tensor, Tensor], Tensor]]
+
+
+def _torch_dtype(np_dtype: np.dtype[Any]) -> torch.dtype:
+    try:
+        return torch.from_numpy(np.zeros(0, dtype=np_dtype)).dtype
+    except TypeError:  # no torch twin
+        return torch.float64
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:  # bfloat16 and others without a numpy twin
+        return None
+
+
+def _array(value: Any) -> np.ndarray:
+    return value if type(value) is np.ndarray else np.asarray(value)
+
 
 class _Stats:
-    """Device tensors for one ``RunningMeanStd`` snapshot: ``mean`` and ``sqrt(var + epsilon)``."""
+    """Device tensors for one snapshot of a ``RunningMeanStd``: ``mean`` and ``sqrt(var + epsilon)``."""
 
-    __slots__ = ("count", "dtypes", "epsilon", "mean_src", "np_mean", "np_std", "per_device", "var_src")
+    __slots__ = ("epsilon", "mean", "mean_bytes", "std", "steps", "tensors", "var", "var_bytes")
 
     def __init__(self, rms: Any, epsilon: float) -> None:
-        # holding the source arrays keeps their ids from being reused while they are compared
-        self.mean_src = rms.mean
-        self.var_src = rms.var
-        self.count = rms.count
+        # copies: the snapshot must not follow later in-place edits of the live arrays
+        self.mean = np.array(rms.mean)
+        self.var = np.array(rms.var)
+        self.mean_bytes = self.mean.tobytes()
+        self.var_bytes = self.var.tobytes()
         self.epsilon = epsilon
-        self.np_mean = np.asarray(rms.mean)
-        self.np_std = np.sqrt(rms.var + epsilon)
-        self.per_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
-        self.dtypes: dict[tuple[str, torch.dtype], torch.dtype] = {}
+        self.std = np.sqrt(self.var + epsilon)  # SB3's expression, in numpy, once
+        self.steps: dict[tuple[str, torch.dtype, bool, torch.device], _Step] = {}
+        self.tensors: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def fresh(self, rms: Any, epsilon: float) -> bool:
+        """Whether ``rms`` and ``epsilon`` still hold the values this snapshot was made from."""
+        if epsilon != self.epsilon:
+            return False
+        mean = _array(rms.mean)
+        var = _array(rms.var)
         return (
-            self.mean_src is rms.mean
-            and self.var_src is rms.var
-            and self.count == rms.count
-            and self.epsilon == epsilon
+            mean.dtype == self.mean.dtype
+            and var.dtype == self.var.dtype
+            and mean.shape == self.mean.shape
+            and var.shape == self.var.shape
+            and mean.tobytes() == self.mean_bytes
+            and var.tobytes() == self.var_bytes
         )
 
-    def on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        pair = self.per_device.get(device)
+    def step(self, op: str, x: Tensor) -> _Step:
+        """The cached plan for applying ``op`` to ``x``, built on first use."""
+        key = (op, x.dtype, x.dim() == 0, x.device)
+        found = self.steps.get(key)
+        if found is None:
+            found = self.steps[key] = self._build(*key)
+        return found
+
+    def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        pair = self.tensors.get((device, dtype))
         if pair is None:
-            pair = self.per_device[device] = (
-                torch.as_tensor(self.np_mean, device=device),
-                torch.as_tensor(self.np_std, device=device),
+            # as numpy does, the statistics take the result dtype before the arithmetic
+            pair = self.tensors[(device, dtype)] = (
+                torch.tensor(self.mean, device=device).to(dtype),
+                torch.tensor(self.std, device=device).to(dtype),
             )
         return pair
 
-    def compute_dtype(self, op: str, dtype: torch.dtype) -> torch.dtype:
-        """The dtype numpy computes ``x <op> statistics`` in, for an ``x`` of torch ``dtype``."""
-        key = (op, dtype)
-        found = self.dtypes.get(key)
-        if found is None:
-            found = self.dtypes[key] = _numpy_result_dtype(op, dtype, self.np_mean, self.np_std)
-        return found
-
-
-def _numpy_result_dtype(op: str, dtype: torch.dtype, mean: np.ndarray, std: np.ndarray) -> torch.dtype:
-    try:
-        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and others without a numpy twin: compute in float64
-        return torch.float64
-    probe = np.zeros((1,) * max(mean.ndim, 1), dtype=np_dtype)
-    result = (probe - mean) / std if op == "normalize" else probe * std + mean
-    return torch.from_numpy(np.zeros(0, dtype=result.dtype)).dtype
+    def _build(self, op: str, dtype: torch.dtype, scalar: bool, device: torch.device) -> _Step:
+        function = _TORCH_OPS[op]
+        probe_shape = () if scalar else (1,)
+        np_dtype = _numpy_dtype(dtype)
+        if np_dtype is None:
+            result = torch.float64
+        else:
+            # numpy's promotion (value-based for 0-d operands before numpy 2) on a probe of the input
+            probe = np.zeros(probe_shape, dtype=np_dtype)
+            result = _torch_dtype(np.asarray(_NUMPY_OPS[op](probe, self.mean, self.std)).dtype)
+        mean, std = self._on(device, result)
+        # skip converting the input on every call where torch's own promotion gives the same dtype
+        convert: torch.dtype | None = None
+        if dtype != result:
+            cpu_mean, cpu_std = self._on(torch.device("cpu"), result)
+            try:
+                promoted: torch.dtype | None = function(torch.zeros(probe_shape, dtype=dtype), cpu_mean, cpu_std).dtype
+            except RuntimeError:  # e.g. bool operands of a subtraction
+                promoted = None
+            convert = None if promoted == result else result
+        return convert, mean, std, function
 
 
 _stats = ObjectCache()
@@ -90,44 +152,57 @@ def clear() -> None:
     _stats.clear()
 
 
+def _apply(op: str, x: Tensor, rms: Any, epsilon: float) -> Tensor:
+    """``op`` of :data:`_TORCH_OPS` on ``x`` with ``rms``'s statistics, in numpy's result dtype."""
+    convert, mean, std, function = stats_for(rms, epsilon).step(op, x)
+    if convert is not None:
+        x = x.to(convert)
+    return function(x, mean, std)
+
+
 def _normalize(x: Tensor, rms: Any, venv: Any) -> Tensor:
-    stats = stats_for(rms, venv.epsilon)
-    mean, std = stats.on(x.device)
-    x = x.to(stats.compute_dtype("normalize", x.dtype))
     clip = venv.clip_obs
-    return torch.clamp((x - mean) / std, -clip, clip).to(torch.float32)
+    return _apply("normalize", x, rms, venv.epsilon).clamp_(-clip, clip).to(torch.float32)
 
 
 def _unnormalize(x: Tensor, rms: Any, venv: Any) -> Tensor:
-    stats = stats_for(rms, venv.epsilon)
-    mean, std = stats.on(x.device)
-    x = x.to(stats.compute_dtype("unnormalize", x.dtype))
-    return (x * std) + mean
+    return _apply("unnormalize", x, rms, venv.epsilon)
 
 
-def _as_tensors(obs: dict[str, Any]) -> dict[str, Tensor]:
-    device = next(value.device for value in obs.values() if isinstance(value, Tensor))
-    return {key: value if isinstance(value, Tensor) else torch.as_tensor(value, device=device) for key, value in obs.items()}
+def _to_tensor(value: Any, device: torch.device) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value, device=device)
+    except ValueError:  # numpy arrays with negative strides
+        return torch.as_tensor(np.array(value), device=device)
 
 
-def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Any) -> Tensor | dict[str, Tensor]:
+def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Callable[[Tensor, Any, Any], Tensor]) -> Tensor | dict[str, Tensor]:
     """Apply ``leaf`` as VecNormalize does: per normalized key for Dict spaces, else to the tensor.
 
     Keys that are not normalized, and the whole input when ``norm_obs`` is off, are copied, so
-    the input is never modified nor returned as is (SB3 deep-copies it).
+    the input is never modified nor returned as is (SB3 deep-copies it). Numpy values in a dict of
+    tensors become tensors on the device of the dict's first tensor.
     """
     if isinstance(obs, dict):
-        out = {key: value.clone() for key, value in _as_tensors(obs).items()}
-        if venv.norm_obs:
-            rms = venv.obs_rms
-            if not isinstance(rms, dict):
-                raise TypeError(
-                    "Error: a dict observation was given but this VecNormalize normalizes a "
-                    f"non-Dict observation space {venv.observation_space}."
-                )
-            for key in venv.norm_obs_keys:
-                out[key] = leaf(out[key], rms[key], venv)
-        return out
+        device = next(value.device for value in obs.values() if isinstance(value, Tensor))
+        tensors = {key: _to_tensor(value, device) for key, value in obs.items()}
+        if not venv.norm_obs:
+            return {key: value.clone() for key, value in tensors.items()}
+        rms = venv.obs_rms
+        if not isinstance(rms, dict):
+            raise TypeError(
+                "Error: a dict observation was given but this VecNormalize normalizes a "
+                f"non-Dict observation space {venv.observation_space}."
+            )
+        keys = venv.norm_obs_keys
+        for key in keys:
+            if key not in tensors:
+                raise KeyError(key)  # as SB3's numpy path
+        return {
+            key: leaf(value, rms[key], venv) if key in keys else value.clone() for key, value in tensors.items()
+        }
     if not venv.norm_obs:
         return obs.clone()
     rms = venv.obs_rms  # absent when norm_obs is off
@@ -136,7 +211,7 @@ def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Any) -> Tensor | dic
             "Error: a tensor observation was given but this VecNormalize normalizes the Dict "
             f"observation space {venv.observation_space}: pass a dict of tensors."
         )
-    return leaf(obs, rms, venv)  # type: ignore[no-any-return]
+    return leaf(obs, rms, venv)
 
 
 def normalize_obs(venv: Any, obs: Tensor | dict[str, Any]) -> Tensor | dict[str, Tensor]:
@@ -160,11 +235,8 @@ def normalize_reward_route(options: dict[str, Any]) -> Callable[[Any, Tensor], T
 
     def normalize_reward(venv: Any, reward: Tensor) -> Tensor:
         if venv.norm_reward:
-            stats = stats_for(venv.ret_rms, venv.epsilon)
-            _, std = stats.on(reward.device)
-            x = reward.to(stats.compute_dtype("normalize", reward.dtype))
             clip = venv.clip_reward
-            reward = torch.clamp(x / std, -clip, clip)
+            reward = _apply("normalize_reward", reward, venv.ret_rms, venv.epsilon).clamp_(-clip, clip)
             return reward.to(torch.float32) if cast else reward
         return reward.to(torch.float32, copy=True) if cast else reward
 
@@ -174,7 +246,5 @@ def normalize_reward_route(options: dict[str, Any]) -> Callable[[Any, Tensor], T
 def unnormalize_reward(venv: Any, reward: Tensor) -> Tensor:
     """``VecNormalize.unnormalize_reward`` for a tensor, on its device."""
     if venv.norm_reward:
-        stats = stats_for(venv.ret_rms, venv.epsilon)
-        _, std = stats.on(reward.device)
-        return reward.to(stats.compute_dtype("unnormalize", reward.dtype)) * std
+        return _apply("unnormalize_reward", reward, venv.ret_rms, venv.epsilon)
     return reward
