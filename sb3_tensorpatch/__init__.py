@@ -84,7 +84,7 @@ class _Scope:
     def __enter__(self) -> Status:
         token = _patcher.enter_scope()
         self._tokens.setdefault(threading.get_ident(), []).append(token)
-        return _patcher.status()
+        return _patcher.status(fresh=False)
 
     def __exit__(self, *exc: object) -> None:
         thread = threading.get_ident()

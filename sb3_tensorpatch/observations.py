@@ -19,7 +19,8 @@ Tensor = torch.Tensor
 _NUMERIC_KINDS = frozenset(
     {
         torch.float16, torch.bfloat16, torch.float32, torch.float64,
-        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+        torch.uint8, torch.uint16, torch.uint32, torch.uint64,
+        torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
     }
 )
 
@@ -38,10 +39,10 @@ def is_tensor_input(observation: object) -> bool:
     return False
 
 
-def _check_dtype(obs: Tensor, what: str) -> None:
+def _check_dtype(obs: Tensor, space: Any) -> None:
     if obs.dtype not in _NUMERIC_KINDS:
         raise TypeError(
-            f"Error: Unexpected observation dtype {obs.dtype} for {what}: "
+            f"Error: Unexpected observation dtype {obs.dtype} for {space}: "
             "expected a real-valued or integer tensor (float, int, uint8 or bool)."
         )
 
@@ -78,7 +79,7 @@ class LeafPlan:
         :raises ValueError: for a shape that fits neither a single nor a batched observation
         :raises TypeError: for a dtype SB3 cannot feed to the network
         """
-        _check_dtype(obs, str(self.space))
+        _check_dtype(obs, self.space)
         if self.is_image:
             obs = self._maybe_transpose(obs)
         try:
@@ -86,6 +87,13 @@ class LeafPlan:
         except ValueError:
             # again with a plain tuple shape, so the message reads as SB3's does for numpy arrays
             self.checker(_Shape(tuple(obs.shape)), self.space)
+            raise
+        except RuntimeError as exc:
+            if obs.is_nested:
+                raise TypeError(
+                    f"Error: nested (ragged) tensors are not supported as observations for {self.space}: "
+                    "pass a regular tensor."
+                ) from exc
             raise
         if not vectorized:
             obs = obs.reshape(self.batched_shape)
@@ -167,8 +175,14 @@ class ObservationPlan:
         for key, leaf in self.leaves:
             value = observation[key]
             if not isinstance(value, Tensor):
-                # numpy arrays (or lists) beside tensors are converted onto the tensors' device
-                value = torch.as_tensor(value, device=device)
+                # numpy arrays (or lists, numbers) beside tensors are converted onto the tensors' device
+                try:
+                    value = torch.as_tensor(value, device=device)
+                except (TypeError, RuntimeError, ValueError) as exc:
+                    raise TypeError(
+                        f"Error: the Dict observation's value for key {key!r} is a {type(value).__name__}, "
+                        "which cannot become a tensor: pass a tensor or a numeric array."
+                    ) from exc
             elif value.device != device:
                 raise ValueError(
                     f"Error: the Dict observation's tensors are on different devices "
@@ -192,6 +206,18 @@ def batch_size(obs: Tensor | dict[str, Tensor]) -> int:
     if isinstance(obs, dict):
         return next(iter(obs.values())).shape[0]
     return obs.shape[0]
+
+
+def check_reachable(source: torch.device, target: torch.device) -> None:
+    """Raise before any work when a tensor on ``source`` cannot be used by a policy on ``target``.
+
+    :raises ValueError: for ``meta`` tensors (they hold no data) or a ``meta`` policy
+    """
+    if source.type == "meta" or target.type == "meta":
+        raise ValueError(
+            f"Error: the observation is on device {source}, which the policy on {target} cannot use: "
+            "meta tensors hold no data. Pass a tensor on a real device."
+        )
 
 
 def to_device(obs: Tensor | dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:

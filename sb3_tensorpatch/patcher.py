@@ -48,6 +48,20 @@ class _Record:
         return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
 
 
+class _BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[misc, type-arg]
+    """A patched method bound to an object: pickles by reference, as a plain bound method does."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        owner = self._self_instance if self._self_instance is not None else self._self_owner
+        return getattr, (owner, self.__name__)
+
+
+class _Wrapper(wrapt.FunctionWrapper):  # type: ignore[misc, type-arg]
+    """The wrapper installed in a class's ``__dict__``."""
+
+    __bound_function_wrapper__ = _BoundWrapper
+
+
 def _dispatcher(route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
     from .observations import is_tensor_input
 
@@ -183,7 +197,7 @@ class Patcher:
             for target, route in zip(targets, routes):
                 name = target.row.attribute
                 record = _Record(target.row, target.owner, name, target.owner.__dict__.get(name, _MISSING))
-                record.wrapper = wrapt.FunctionWrapper(target.function, _dispatcher(route, target.row.params[0], record))
+                record.wrapper = _Wrapper(target.function, _dispatcher(route, target.row.params[0], record))
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
             records.append(self._patch_validation(validation.ValidationDefault))
@@ -230,11 +244,18 @@ class Patcher:
         normalization.clear()
 
     # -- reporting ---------------------------------------------------------------------------
-    def status(self) -> Status:
+    def status(self, fresh: bool = True) -> Status:
+        """Report versions, rows and patched targets.
+
+        :param fresh: read the installed versions again; else reuse the last reading (cheap, for
+            scopes entered in a loop)
+        """
         with self._lock:
             patched = {record.target for record in self._records if record.row is not None}
             try:
-                selection = select_rows(rows=self._rows)
+                selection = self._selection
+                if fresh or selection is None:
+                    selection = self._selection = select_rows(rows=self._rows)
             except UnsupportedVersionError as exc:
                 return Status(
                     enabled=self.is_enabled(), versions=_versions(), rows=(), newer=(), error=str(exc)

@@ -18,7 +18,7 @@ import torch
 
 from . import normalization
 from .cache import PolicyPlan, plan_for
-from .observations import batch_size, to_device
+from .observations import batch_size, check_reachable, to_device
 from .validation import _local as _validation
 
 Tensor = torch.Tensor
@@ -53,6 +53,7 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
     obs, vectorized, device = plan.obs.prepare(observation)
     target = plan.device()
     if device != target:
+        check_reachable(device, target)
         _warn_moved(device, target)
         obs = to_device(obs, target)
     plan.ensure_eval(policy)
@@ -107,6 +108,7 @@ def epsilon_greedy_route(options: dict[str, Any]) -> Route:
         if not deterministic and np.random.rand() < model.exploration_rate:
             plan = plan_for(model.policy)
             obs, vectorized, device = plan.obs.prepare(observation)
+            check_reachable(device, plan.device())
             space = model.action_space
             start = int(getattr(space, "start", 0))
             size = (batch_size(obs),) if vectorized else ()
