@@ -42,12 +42,16 @@ class ActionPlan:
         self._bounds: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def bounds(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Return ``(low, high)`` for clipping, or ``(low, high - low)`` for unscaling, on ``device``."""
+        """Return ``(low, high)`` for clipping, or ``(low, 0.5 * (high - low))`` for unscaling, on ``device``.
+
+        ``0.5 * ((a + 1) * (high - low))`` and ``(a + 1) * (0.5 * (high - low))`` are the same
+        floating-point number (halving is exact), so unscaling keeps numpy's result bit for bit.
+        """
         cached = self._bounds.get(device)
         if cached is None:
             low = torch.as_tensor(self._low, device=device)
             high = torch.as_tensor(self._high, device=device)
-            second = high - low if self.mode == UNSCALE else high
+            second = (high - low) * 0.5 if self.mode == UNSCALE else high
             # a dict assignment is atomic: concurrent first calls at worst build the pair twice
             cached = self._bounds[device] = (low, second)
         return cached
@@ -67,8 +71,11 @@ class ActionPlan:
             low, second = self.bounds(actions.device)
             if mode == CLIP:
                 actions = torch.clamp(actions, low, second)
-            else:
-                actions = low + 0.5 * (actions + 1.0) * second
+            elif actions.dtype == low.dtype:
+                # in place on the fresh tensor ``actions + 1.0``; the policy's own output is not touched
+                actions = torch.add(actions, 1.0).mul_(second).add_(low)
+            else:  # numpy's type promotion, e.g. float32 actions and float64 bounds
+                actions = low + (actions + 1.0) * second
         if not vectorized:
             actions = actions.squeeze(0)
         return actions

@@ -85,7 +85,16 @@ def policy_route(options: dict[str, Any]) -> Route:
         deterministic: bool = False,
     ) -> tuple[Tensor, Any]:
         plan, obs, vectorized, device, target = _prepare(policy, observation)
-        actions = _quiet(policy._predict, obs, deterministic=deterministic)
+        # _quiet inlined: this is the hottest path
+        grad = _grad_enabled()
+        previous = getattr(_validation, "off", False)
+        _set_grad(False)
+        _validation.off = True
+        try:
+            actions = policy._predict(obs, deterministic=deterministic)
+        finally:
+            _validation.off = previous
+            _set_grad(grad)
         actions = plan.actions.finish(actions, vectorized, reshape)
         if device != target:
             actions = actions.to(device)
