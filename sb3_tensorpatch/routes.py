@@ -60,6 +60,12 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
     return plan, obs, vectorized, device, target
 
 
+def _finish(plan: PolicyPlan, actions: Tensor, vectorized: bool, reshape: bool, device: torch.device, target: torch.device) -> Tensor:
+    """Post-process the actions on the policy's device, then move them back to the input's."""
+    actions = plan.actions.finish(actions, vectorized, reshape)
+    return actions if device == target else actions.to(device)
+
+
 def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``call`` with autograd off and distribution validation off for this thread."""
     grad = _grad_enabled()
@@ -95,10 +101,7 @@ def policy_route(options: dict[str, Any]) -> Route:
         finally:
             _validation.off = previous
             _set_grad(grad)
-        actions = plan.actions.finish(actions, vectorized, reshape)
-        if device != target:
-            actions = actions.to(device)
-        return actions, state
+        return _finish(plan, actions, vectorized, reshape, device, target), state
 
     return predict
 
@@ -161,10 +164,7 @@ def maskable_route(options: dict[str, Any]) -> Route:
                 )
             action_masks = masks.to(target)
         actions = _quiet(policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
-        actions = plan.actions.finish(actions, vectorized, reshape)
-        if device != target:
-            actions = actions.to(device)
-        return actions, (state if returns_state else None)
+        return _finish(plan, actions, vectorized, reshape, device, target), (state if returns_state else None)
 
     return predict
 
@@ -255,9 +255,8 @@ def recurrent_route(options: dict[str, Any]) -> Route:
                 )
             starts = starts.to(target, torch.float32)
         actions, new_states = _quiet(_recurrent_actions, policy, obs, states, starts, deterministic)
-        actions = plan.actions.finish(actions, vectorized, reshape)
+        actions = _finish(plan, actions, vectorized, reshape, device, target)
         if device != target:
-            actions = actions.to(device)
             new_states = tuple(value.to(device) for value in new_states)
         return actions, (new_states[0], new_states[1])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -139,22 +139,19 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def _bound(rows: list[Row], operators: tuple[str, ...], pick: Callable[[list[Version]], Version]) -> Version:
+    """The ``pick`` (``min`` or ``max``) of the rows' version bounds written with ``operators``."""
+    return pick(
+        [Version(spec.version) for row in rows for spec in SpecifierSet(row.versions) if spec.operator in operators]
+    )
+
+
 def _newest_upper_bound(rows: list[Row]) -> Version:
-    bounds = []
-    for row in rows:
-        for spec in SpecifierSet(row.versions):
-            if spec.operator in ("<=", "=="):
-                bounds.append(Version(spec.version))
-    return max(bounds)
+    return _bound(rows, ("<=", "=="), max)
 
 
 def _oldest_lower_bound(rows: list[Row]) -> Version:
-    bounds = []
-    for row in rows:
-        for spec in SpecifierSet(row.versions):
-            if spec.operator in (">=", "=="):
-                bounds.append(Version(spec.version))
-    return min(bounds)
+    return _bound(rows, (">=", "=="), min)
 
 
 def supported_range(package: str, rows: tuple[Row, ...] = ROWS) -> str:

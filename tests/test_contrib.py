@@ -31,13 +31,6 @@ def _observations(obs_kind: str, shape: str, seed: int) -> Any:
     return [stack(sample_observations(space, 1 if shape == "batch1" else 5, seed))]
 
 
-@pytest.fixture(autouse=True)
-def _disabled() -> Any:
-    sb3_tensorpatch.disable()
-    yield
-    sb3_tensorpatch.disable()
-
-
 CASES = [
     ("QRDQN", "MlpPolicy", "Box", "Discrete"),
     ("QRDQN", "CnnPolicy", "ImageLast", "Discrete"),

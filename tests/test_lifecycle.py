@@ -100,14 +100,6 @@ def _routes(model: Any, observation: np.ndarray) -> bool:
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _disabled() -> Any:
-    sb3_tensorpatch.disable()
-    assert not sb3_tensorpatch.is_enabled()
-    yield
-    sb3_tensorpatch.disable()
-
-
 @pytest.fixture(scope="module")
 def originals() -> dict[str, Any]:
     sb3_tensorpatch.disable()

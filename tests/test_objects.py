@@ -53,14 +53,6 @@ KEYS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _disabled() -> Any:
-    sb3_tensorpatch.disable()
-    assert not sb3_tensorpatch.is_enabled()
-    yield
-    sb3_tensorpatch.disable()
-
-
 def _obs(batch: int = 4, seed: int = 21) -> np.ndarray:
     return stack(sample_observations(observation_space("Box"), batch, seed))  # type: ignore[no-any-return]
 

@@ -30,13 +30,6 @@ def _observations(obs_kind: str, shape: str, seed: int) -> list[Any]:
     return [stack(sample_observations(space, size, seed + index)) for index in range(2)]
 
 
-@pytest.fixture(autouse=True)
-def _disabled() -> Any:
-    sb3_tensorpatch.disable()
-    yield
-    sb3_tensorpatch.disable()
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("algo,obs_kind,act_kind", GRID, ids=["-".join(case) for case in GRID])
 def test_deterministic_parity(algo: str, obs_kind: str, act_kind: str, shape: str) -> None:
