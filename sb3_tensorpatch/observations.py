@@ -62,12 +62,11 @@ class LeafPlan:
     :param space: the (sub-)space of the policy's observation space
     """
 
-    __slots__ = ("batched_shape", "checker", "is_image", "shape", "space", "transposed")
+    __slots__ = ("checker", "is_image", "shape", "space", "transposed")
 
     def __init__(self, space: Any) -> None:
         self.space = space
         self.shape = tuple(space.shape)
-        self.batched_shape = (-1, *self.shape)
         self.is_image = sb3.is_image_space(space)
         # the channel-last shape that SB3's maybe_transpose would turn into this space's shape
         self.transposed = (self.shape[1], self.shape[2], self.shape[0]) if self.is_image else None
@@ -96,7 +95,8 @@ class LeafPlan:
                 ) from exc
             raise
         if not vectorized:
-            obs = obs.reshape(self.batched_shape)
+            # the checker found obs.shape == space.shape: this is reshape((-1, *shape)), cheaper
+            obs = obs.unsqueeze(0)
         return obs, vectorized
 
     def _maybe_transpose(self, obs: Tensor) -> Tensor:

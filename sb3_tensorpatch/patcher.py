@@ -63,12 +63,14 @@ class _Wrapper(wrapt.FunctionWrapper):  # type: ignore[misc, type-arg]
 
 
 def _dispatcher(route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
+    from torch import Tensor
+
     from .observations import is_tensor_input
 
     def dispatch(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if record.active and instance is not None:
             observation = args[0] if args else kwargs.get(first)
-            if is_tensor_input(observation):
+            if isinstance(observation, Tensor) or is_tensor_input(observation):
                 return route(instance, *args, **kwargs)
         return wrapped(*args, **kwargs)
 
