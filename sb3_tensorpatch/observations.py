@@ -15,13 +15,15 @@ from . import sb3
 
 Tensor = torch.Tensor
 
-# dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``)
+# dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
+# unsigned ones exist from torch 2.3 on
 _NUMERIC_KINDS = frozenset(
-    {
-        torch.float16, torch.bfloat16, torch.float32, torch.float64,
-        torch.uint8, torch.uint16, torch.uint32, torch.uint64,
-        torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
-    }
+    getattr(torch, name)
+    for name in (
+        "float16", "bfloat16", "float32", "float64",
+        "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool",
+    )
+    if hasattr(torch, name)
 )
 
 
