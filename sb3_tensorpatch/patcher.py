@@ -24,8 +24,18 @@ from typing import Any, Callable
 
 import wrapt
 
+from . import table
 from .status import RowStatus, Status
-from .table import ROWS, Row, Selection, UnsupportedVersionError, select_rows
+from .table import (
+    CONTRIB,
+    NEWEST_SUPPORTED,
+    ROWS,
+    SB3,
+    Row,
+    Selection,
+    UnsupportedVersionError,
+    select_rows,
+)
 
 _MISSING = object()
 
@@ -189,7 +199,7 @@ class Patcher:
         if selection.newer:
             names = ", ".join(f"{name} {selection.versions[name]}" for name in selection.newer)
             warnings.warn(
-                f"sb3-tensorpatch was tested up to stable-baselines3 {_newest()}; {names} is newer. "
+                f"sb3-tensorpatch was tested up to stable-baselines3 {NEWEST_SUPPORTED}; {names} is newer. "
                 "Its signatures match the newest table rows, so it is patched.",
                 UserWarning,
                 stacklevel=5,
@@ -260,7 +270,7 @@ class Patcher:
                     selection = self._selection = select_rows(rows=self._rows)
             except UnsupportedVersionError as exc:
                 return Status(
-                    enabled=self.is_enabled(), versions=_versions(), rows=(), newer=(), error=str(exc)
+                    enabled=self.is_enabled(), versions={SB3: table.installed_version(SB3), CONTRIB: table.installed_version(CONTRIB)}, rows=(), newer=(), error=str(exc)
                 )
             rows = [
                 RowStatus(row.target, row.package, row.versions, row.route, "patched" if row.target in patched else "selected", "")
@@ -277,15 +287,3 @@ class Patcher:
                 newer=selection.newer,
                 error=None,
             )
-
-
-def _versions() -> dict[str, str | None]:
-    from .table import CONTRIB, SB3, installed_version
-
-    return {SB3: installed_version(SB3), CONTRIB: installed_version(CONTRIB)}
-
-
-def _newest() -> str:
-    from .table import NEWEST_SUPPORTED
-
-    return NEWEST_SUPPORTED
