@@ -82,6 +82,9 @@ def action_space(kind: str) -> Any:
     if kind == "Box":
         # asymmetric bounds, so that clipping and unscaling are not the identity
         return spaces.Box(low=np.array([-2.0, 0.0], dtype=np.float32), high=np.array([2.0, 5.0], dtype=np.float32))
+    if kind == "BoxPow2":
+        # every half-range a power of two (2, 1, 4): unscaling takes its two-op path
+        return spaces.Box(low=np.array([-2.0, 0.5, -3.0], dtype=np.float32), high=np.array([2.0, 2.5, 5.0], dtype=np.float32))
     if kind == "Discrete":
         return spaces.Discrete(4)
     if kind == "MultiDiscrete":
@@ -95,9 +98,9 @@ OBS_KINDS = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict", "ImageLa
 ACTIONS = {
     "PPO": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
     "A2C": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
-    "SAC": ("Box",),
-    "TD3": ("Box",),
-    "DDPG": ("Box",),
+    "SAC": ("Box", "BoxPow2"),
+    "TD3": ("Box", "BoxPow2"),
+    "DDPG": ("Box", "BoxPow2"),
     "DQN": ("Discrete",),
 }
 OFF_POLICY = {"SAC", "TD3", "DDPG", "DQN", "QRDQN", "TQC", "CrossQ"}
