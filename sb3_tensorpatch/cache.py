@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,6 +20,7 @@ from .observations import ObservationPlan
 
 _CPU = torch.device("cpu")
 _training = operator.attrgetter("training")
+_training_item = operator.itemgetter("training")
 
 
 class PolicyPlan:
@@ -28,17 +29,32 @@ class PolicyPlan:
     :param policy: an SB3 ``BasePolicy``
     """
 
-    __slots__ = ("__weakref__", "action_space", "actions", "modules", "obs", "observation_space", "param")
+    __slots__ = (
+        "__weakref__", "action_space", "actions", "flag", "flags", "modules", "obs", "observation_space", "param",
+        "rows", "single",
+    )
 
     def __init__(self, policy: Any) -> None:
         self.observation_space = policy.observation_space
         self.action_space = policy.action_space
         self.obs = ObservationPlan(policy.observation_space)
         self.actions = ActionPlan(policy.action_space, bool(policy.squash_output))
+        #: the shape of one observation, which needs nothing but a batch dim, and of each row of a
+        #: batch, which needs nothing (``None``: ask ``obs``)
+        self.single = self.obs.leaf.single if self.obs.leaf is not None else None
+        self.rows = self.obs.leaf.rows if self.obs.leaf is not None else None
         # nn.Module.to() moves parameters in place, so the first parameter keeps telling the device
         self.param: torch.nn.Parameter | None = next(iter(policy.parameters()), None)
         # the policy itself is left out: the plan must not keep the policy alive
         self.modules = tuple(policy.modules())[1:]
+        # nn.Module keeps ``training`` in the instance ``__dict__``; reading it from there skips the
+        # attribute lookup through the class. Modules that define ``training`` otherwise are read as
+        # attributes. ``any(map(plan.flag, plan.flags))`` says whether a module is in training mode.
+        self.flags: tuple[Any, ...] = self.modules
+        self.flag: Callable[[Any], bool] = _training
+        if all(_plain_flag(module) for module in self.modules):
+            self.flags = tuple(vars(module) for module in self.modules)
+            self.flag = _training_item
 
     def device(self) -> torch.device:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""
@@ -51,8 +67,13 @@ class PolicyPlan:
         SB3's ``predict`` calls it every time; when nothing is in training mode the call changes
         nothing, and skipping it saves walking the module tree.
         """
-        if policy.training or any(map(_training, self.modules)):
+        if policy.training or any(map(self.flag, self.flags)):
             policy.set_training_mode(False)
+
+
+def _plain_flag(module: torch.nn.Module) -> bool:
+    """Return whether ``module.training`` is a plain entry of the instance ``__dict__``."""
+    return "training" in vars(module) and not any("training" in vars(klass) for klass in type(module).__mro__)
 
 
 class ObjectCache:
@@ -93,6 +114,8 @@ class ObjectCache:
 
 
 _plans = ObjectCache()
+#: the plan of a policy by ``id()``, for the routes' inlined fast lookup (``plan_for`` does the rest)
+cached_plan = _plans._entries.get
 
 
 def plan_for(policy: Any) -> PolicyPlan:

@@ -15,9 +15,9 @@ from . import sb3
 
 Tensor = torch.Tensor
 
-# dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
-# unsigned ones exist from torch 2.3 on
-_NUMERIC_KINDS = frozenset(
+#: dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
+#: unsigned ones exist from torch 2.3 on
+NUMERIC_DTYPES = frozenset(
     getattr(torch, name)
     for name in (
         "float16", "bfloat16", "float32", "float64",
@@ -42,7 +42,7 @@ def is_tensor_input(observation: object) -> bool:
 
 
 def _check_dtype(obs: Tensor, space: Any) -> None:
-    if obs.dtype not in _NUMERIC_KINDS:
+    if obs.dtype not in NUMERIC_DTYPES:
         raise TypeError(
             f"Error: Unexpected observation dtype {obs.dtype} for {space}: "
             "expected a real-valued or integer tensor (float, int, uint8 or bool)."
@@ -64,7 +64,7 @@ class LeafPlan:
     :param space: the (sub-)space of the policy's observation space
     """
 
-    __slots__ = ("checker", "is_image", "shape", "space", "transposed")
+    __slots__ = ("checker", "is_image", "rows", "shape", "single", "space", "transposed")
 
     def __init__(self, space: Any) -> None:
         self.space = space
@@ -73,6 +73,18 @@ class LeafPlan:
         # the channel-last shape that SB3's maybe_transpose would turn into this space's shape
         self.transposed = (self.shape[1], self.shape[2], self.shape[0]) if self.is_image else None
         self.checker = sb3.vectorized_checker(space)
+        # the shape SB3's checker calls a single observation, asked once: the routes batch a tensor
+        # of exactly this shape without calling the checker (``None`` for images: they may need a
+        # transpose)
+        self.single: tuple[int, ...] | None = None
+        #: likewise the shape of each row of a batch (``(n, *rows)`` is batched); ``None`` if unknown
+        self.rows: tuple[int, ...] | None = None
+        if not self.is_image:
+            try:
+                if self.checker(_Shape(self.shape), space) is False and self.checker(_Shape((3, *self.shape)), space) is True:
+                    self.single = self.rows = self.shape
+            except (ValueError, TypeError, AttributeError):
+                pass
 
     def prepare(self, obs: Tensor) -> tuple[Tensor, bool]:
         """Validate ``obs`` and return it batched and channel-first, with whether it was batched.
@@ -80,7 +92,8 @@ class LeafPlan:
         :raises ValueError: for a shape that fits neither a single nor a batched observation
         :raises TypeError: for a dtype SB3 cannot feed to the network
         """
-        _check_dtype(obs, self.space)
+        if obs.dtype not in NUMERIC_DTYPES:
+            _check_dtype(obs, self.space)
         if self.is_image:
             obs = self._maybe_transpose(obs)
         try:

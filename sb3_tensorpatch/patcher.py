@@ -1,8 +1,8 @@
 """Installs and removes the wrappers, exactly, under a lock.
 
 ``enable()`` selects the table rows that fit the installed packages, imports every target, checks
-each target's signature against its row, and only when all of them fit installs one wrapt
-``FunctionWrapper`` per target into the class that defines it. For each target it records the raw
+each target's signature against its row, and only when all of them fit installs one wrapper
+function per target into the class that defines it. For each target it records the raw
 ``cls.__dict__`` entry it replaced; ``disable()`` replays the records in reverse and puts each entry
 back by identity, so each class's ``__dict__`` holds the very object it held before.
 
@@ -15,14 +15,14 @@ are counted so that one thread leaving its scope does not unpatch another's.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import threading
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import wrapt
 
 from . import table
 from .status import RowStatus, Status
@@ -43,7 +43,7 @@ _MISSING = object()
 class _Record:
     """One installed patch: where it went, what it replaced, and whether it still routes."""
 
-    __slots__ = ("active", "name", "original", "owner", "row", "wrapper")
+    __slots__ = ("active", "name", "original", "owner", "route", "row", "wrapper")
 
     def __init__(self, row: Row | None, owner: type, name: str, original: Any) -> None:
         self.row = row
@@ -51,6 +51,7 @@ class _Record:
         self.name = name
         self.original = original
         self.wrapper: Any = None
+        self.route: Callable[..., Any] | None = None
         self.active = True
 
     @property
@@ -58,33 +59,74 @@ class _Record:
         return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
 
 
-class _BoundWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[misc, type-arg]
-    """A patched method bound to an object: pickles by reference, as a plain bound method does."""
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        owner = self._self_instance if self._self_instance is not None else self._self_owner
-        return getattr, (owner, self.__name__)
+#: the attribute of our wrapper functions that holds their record
+_RECORD = "_sb3_tensorpatch_record"
 
 
-class _Wrapper(wrapt.FunctionWrapper):  # type: ignore[misc, type-arg]
-    """The wrapper installed in a class's ``__dict__``."""
+def _wrapper(function: Any, route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
+    """Return the function installed in place of ``function``: tensors to ``route``, the rest to ``function``.
 
-    __bound_function_wrapper__ = _BoundWrapper
+    A plain function, so that Python binds it as fast as SB3's own method (a wrapt
+    ``FunctionWrapper`` costs several microseconds per call to bind and dispatch, more than the
+    whole per-call budget of the tensor route). ``functools.update_wrapper`` gives it the
+    original's name, qualified name, module and docstring, and ``__wrapped__``, through which
+    ``inspect.signature`` shows the original's parameters. Bound methods pickle by name, as
+    SB3's do.
 
+    The decision is one ``isinstance`` on the observation; a dict observation goes to the route
+    when a value is a tensor. Once ``record.active`` is false (after ``disable()``, for a wrapper
+    still held somewhere) every call goes to ``function``.
 
-def _dispatcher(route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
+    :param function: the entry of the class's ``__dict__`` being replaced (SB3's function, or a
+        wrapper someone installed before ``enable()``, called through the descriptor protocol)
+    :param route: the tensor route for this target
+    :param first: the name of the observation parameter (after ``self``)
+    :param record: this patch's record
+    """
     from torch import Tensor
 
     from .observations import is_tensor_input
 
-    def dispatch(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if record.active and instance is not None:
-            observation = args[0] if args else kwargs.get(first)
-            if isinstance(observation, Tensor) or is_tensor_input(observation):
-                return route(instance, *args, **kwargs)
-        return wrapped(*args, **kwargs)
+    plain = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
 
-    return dispatch
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args and record.active:
+            observation = args[1] if len(args) > 1 else kwargs.get(first)
+            if isinstance(observation, Tensor) or is_tensor_input(observation):
+                return route(*args, **kwargs)
+        if plain:
+            return function(*args, **kwargs)
+        if not args:
+            return function(**kwargs)
+        return function.__get__(args[0], type(args[0]))(*args[1:], **kwargs)
+
+    functools.update_wrapper(wrapper, function)
+    setattr(wrapper, _RECORD, record)
+    return wrapper
+
+
+def is_wrapper(entry: object) -> bool:
+    """Return whether ``entry`` (a class ``__dict__`` value) is one of our installed wrappers."""
+    record = getattr(entry, _RECORD, None)
+    return isinstance(record, _Record) and record.wrapper is entry
+
+
+def tensor_route(cls: type, name: str) -> Callable[..., Any] | None:
+    """Return the tensor route that ``cls.name`` resolves to, or ``None``.
+
+    ``None`` unless the attribute found first in the MRO is one of our wrappers and still routes
+    (a wrapper someone installed on top of ours, or an override in a subclass, gives ``None``).
+    A route that calls another patched method calls the route directly when this gives one,
+    skipping a second pass through a wrapper.
+    """
+    for klass in cls.__mro__:
+        entry = klass.__dict__.get(name)
+        if entry is not None:
+            record = getattr(entry, _RECORD, None)
+            if isinstance(record, _Record) and record.wrapper is entry and record.active:
+                return record.route
+            return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -209,7 +251,8 @@ class Patcher:
             for target, route in zip(targets, routes):
                 name = target.row.attribute
                 record = _Record(target.row, target.owner, name, target.owner.__dict__.get(name, _MISSING))
-                record.wrapper = _Wrapper(target.function, _dispatcher(route, target.row.params[0], record))
+                record.route = route
+                record.wrapper = _wrapper(target.function, route, target.row.params[0], record)
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
             records.append(self._patch_validation(validation.ValidationDefault))

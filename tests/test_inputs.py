@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from torch.distributions import Distribution
 
 import sb3_tensorpatch
 from sb3_tensorpatch import routes, validation
-from sb3_tensorpatch.cache import PolicyPlan
+from sb3_tensorpatch.cache import plan_for
 from sb3_tensorpatch.table import select_rows
 from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
 
@@ -749,7 +750,9 @@ def test_observation_on_another_device_is_moved_with_one_warning(
     """
     model = _own(*key)
     target = torch.device("cpu", 0)
-    monkeypatch.setattr(PolicyPlan, "device", lambda self: target)
+    # the plan finds the policy's device through one of its parameters: stand in for it
+    plan = plan_for(model.policy)
+    monkeypatch.setattr(plan, "param", types.SimpleNamespace(device=target))
     monkeypatch.setattr(routes, "_warned", set())
     moves = Spy(routes.to_device)
     monkeypatch.setattr(routes, "to_device", moves)

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 import torch
 import wrapt
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import table, validation
+from sb3_tensorpatch import patcher, table, validation
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
@@ -77,7 +77,7 @@ def _assert_patched(originals: dict[str, Any]) -> None:
         if target == _VALIDATE:
             assert isinstance(entry, validation.ValidationDefault)
         else:
-            assert isinstance(entry, wrapt.FunctionWrapper), f"{target}: {type(entry)}"
+            assert patcher.is_wrapper(entry), f"{target}: {type(entry)}"
             assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
 
 
@@ -364,7 +364,7 @@ def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
 _SUBPROCESS_CHECK = """
 import numpy as np
 import torch
-import wrapt
+from sb3_tensorpatch.patcher import is_wrapper
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy
 from sb3_contrib import MaskablePPO
@@ -372,8 +372,8 @@ from sb3_contrib.common.envs import InvalidActionEnvDiscrete
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 
 assert sb3_tensorpatch.is_enabled()
-assert isinstance(BasePolicy.__dict__["predict"], wrapt.FunctionWrapper)
-assert isinstance(MaskableActorCriticPolicy.__dict__["predict"], wrapt.FunctionWrapper)
+assert is_wrapper(BasePolicy.__dict__["predict"])
+assert is_wrapper(MaskableActorCriticPolicy.__dict__["predict"])
 
 model = PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs={"net_arch": [16]}, seed=0)
 obs = np.random.default_rng(0).uniform(-0.2, 0.2, size=(3, 4)).astype(np.float32)
@@ -612,7 +612,7 @@ def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, o
     try:
         sb3_tensorpatch.enable()
         entry = BasePolicy.__dict__["predict"]
-        assert isinstance(entry, wrapt.FunctionWrapper)
+        assert patcher.is_wrapper(entry)
         assert entry.__wrapped__ is foreign
         actions, _ = ppo.predict(obs, deterministic=True)  # numpy goes through the foreign wrapper
         assert isinstance(actions, np.ndarray)
@@ -625,6 +625,117 @@ def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, o
     finally:
         BasePolicy.predict = original  # type: ignore[method-assign]
     _assert_originals(originals)
+
+
+def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    # what ddtrace or OpenTelemetry would do after our enable(): wrap the class attribute with wrapt
+    seen: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def foreign(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        seen.append((instance, args))
+        return wrapped(*args, **kwargs)
+
+    sb3_tensorpatch.enable()
+    wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
+    try:
+        assert _routes(ppo, obs)  # theirs -> ours -> tensor route
+        assert seen[-1][0] is ppo.policy and isinstance(seen[-1][1][0], torch.Tensor)
+        with pytest.warns(UserWarning, match="wrapped again"):
+            sb3_tensorpatch.disable()
+        assert isinstance(BasePolicy.__dict__["predict"], wrapt.FunctionWrapper)
+        assert not _routes(ppo, obs)  # ours, inside theirs, now passes everything to SB3's original
+        assert len(seen) == 2
+    finally:
+        BasePolicy.predict = originals[_BASE]  # type: ignore[method-assign]
+    _assert_originals(originals)
+
+
+def test_ours_on_top_of_a_wrapt_wrapper_binds_it(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    # theirs was there before enable(): numpy calls reach it bound to the instance, as before
+    seen: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def foreign(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        seen.append((instance, args))
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
+    theirs = BasePolicy.__dict__["predict"]
+    try:
+        expected, _ = ppo.predict(obs, deterministic=True)
+        sb3_tensorpatch.enable()
+        assert BasePolicy.__dict__["predict"].__wrapped__ is theirs
+        actions, _ = ppo.predict(obs, deterministic=True)
+        assert isinstance(actions, np.ndarray) and np.array_equal(actions, expected)
+        assert seen[-1][0] is ppo.policy and seen[-1][1][0] is obs  # instance bound, args without self
+        assert _routes(ppo, obs)
+        sb3_tensorpatch.disable()
+        assert BasePolicy.__dict__["predict"] is theirs
+    finally:
+        BasePolicy.predict = originals[_BASE]  # type: ignore[method-assign]
+    _assert_originals(originals)
+
+
+def test_dqn_goes_through_a_foreign_wrapper_of_the_policy(originals: dict[str, Any]) -> None:
+    # DQN.predict's route calls the policy's tensor route directly only while nobody wrapped it
+    model = DQN("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
+    observation = torch.zeros(4)
+    sb3_tensorpatch.enable()
+    assert patcher.tensor_route(type(model.policy), "predict") is not None
+    current = BasePolicy.predict
+    calls: list[int] = []
+
+    def foreign(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return current(self, *args, **kwargs)
+
+    BasePolicy.predict = foreign  # type: ignore[method-assign]
+    try:
+        assert patcher.tensor_route(type(model.policy), "predict") is None
+        actions, _ = model.predict(observation, deterministic=True)
+        assert isinstance(actions, torch.Tensor)
+        assert calls == [1]
+    finally:
+        BasePolicy.predict = current  # type: ignore[method-assign]
+    sb3_tensorpatch.disable()
+    _assert_originals(originals)
+
+
+def test_dqn_calls_a_policy_subclass_override(originals: dict[str, Any]) -> None:
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+    calls: list[int] = []
+
+    class CountingDQNPolicy(DQNPolicy):
+        def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
+            calls.append(1)
+            return super().predict(observation, state, episode_start, deterministic)
+
+    model = DQN(CountingDQNPolicy, "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
+    observation = np.zeros(4, dtype=np.float32)
+    expected, _ = model.predict(observation, deterministic=True)
+    sb3_tensorpatch.enable()
+    assert patcher.tensor_route(CountingDQNPolicy, "predict") is None
+    actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
+    assert isinstance(actions, torch.Tensor) and actions.shape == ()
+    assert int(actions) == int(expected)
+    assert calls == [1, 1]
+
+
+def test_wrappers_look_like_the_originals(originals: dict[str, Any]) -> None:
+    import inspect
+    import pickle
+
+    sb3_tensorpatch.enable()
+    for target, (owner, name) in _targets().items():
+        if target == _VALIDATE:
+            continue
+        entry = owner.__dict__[name]
+        original = originals[target]
+        for attribute in ("__name__", "__qualname__", "__module__", "__doc__"):
+            assert getattr(entry, attribute) == getattr(original, attribute), (target, attribute)
+        assert inspect.signature(entry) == inspect.signature(original), target
+        # functions pickle by reference: while patched the name resolves to the wrapper itself
+        assert pickle.loads(pickle.dumps(entry)) is entry, target
 
 
 def test_foreign_wrapper_with_another_signature_is_refused(originals: dict[str, Any]) -> None:
@@ -675,7 +786,7 @@ def test_user_subclass_calling_super_routes_once(obs: np.ndarray) -> None:
 def test_bound_method_taken_before_enable_keeps_the_original(
     originals: dict[str, Any], ppo: Any, obs: np.ndarray
 ) -> None:
-    # wrapt replaces the class attribute; a bound method made from the plain function earlier
+    # enable() replaces the class attribute; a bound method made from the plain function earlier
     # holds that function itself, so it keeps calling SB3's original (numpy out).
     saved = ppo.policy.predict
     assert saved.__func__ is originals[_BASE]

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 needs_contrib = pytest.mark.skipif(sb3_contrib is None, reason="sb3-contrib is not installed")
 
-#: what a pickle holding our wrappers (wrapt FunctionWrappers around our routes) would mention
+#: what a pickle holding our routes, records or wrappers by value (or any wrapt object) would mention
 MARKS = (b"sb3_tensorpatch", b"wrapt")
 #: generous: under load a spawned interpreter takes seconds to import torch and SB3
 TIMEOUT = 240

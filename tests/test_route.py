@@ -114,3 +114,92 @@ def test_epsilon_greedy_explores_exactly_when_sb3_would(algo: str) -> None:
     disagreements = sum(a != b for a, b in zip(numpy_explored, tensor_explored))
     assert sum(numpy_explored) > 5
     assert disagreements <= 3
+
+
+# -- unscaling: the two-op path is exact only where it is taken --------------------------------
+
+
+def _numpy_unscale(actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    # SB3's BasePolicy.unscale_action, as predict(numpy) applies it
+    return low + (0.5 * (actions + 1.0) * (high - low))
+
+
+def _edge_actions(dtype: Any, width: int) -> np.ndarray:
+    """Random actions in [-1, 1] plus the values next to -1, 0 and 1, where ``a + 1`` rounds."""
+    rng = np.random.default_rng(0)
+    values = [rng.uniform(-1.0, 1.0, size=20000).astype(dtype)]
+    for point in (-1.0, 0.0, 1.0):
+        around = [np.array(point, dtype=dtype)]
+        for direction in (-np.inf, np.inf):
+            step = np.array(point, dtype=dtype)
+            for _ in range(64):
+                step = np.nextafter(step, np.array(direction, dtype=dtype))
+                around.append(step)
+        values.append(np.clip(np.array(around, dtype=dtype), -1, 1))
+    flat = np.concatenate(values)
+    flat = flat[: len(flat) // width * width]
+    return flat.reshape(-1, width)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "low,high,fused",
+    [
+        ([-1.0], [1.0], True),
+        ([-2.0, 0.5, -3.0], [2.0, 2.5, 5.0], True),
+        ([0.0, -0.25], [0.5, 0.25], True),
+        ([-2.0, 0.0], [2.0, 5.0], False),  # half-range 2.5
+        ([-0.4], [1.2], False),
+        ([-np.inf, -1.0], [np.inf, 1.0], False),
+    ],
+)
+def test_unscale_matches_numpy_bit_for_bit(low: list[float], high: list[float], fused: bool, dtype: Any) -> None:
+    from helpers import spaces
+
+    from sb3_tensorpatch.actions import ActionPlan
+
+    space = spaces.Box(low=np.array(low, dtype=dtype), high=np.array(high, dtype=dtype), dtype=dtype)
+    plan = ActionPlan(space, squash_output=True)
+    assert plan.fused is fused
+    actions = _edge_actions(dtype, len(low))
+    with np.errstate(all="ignore"):
+        expected = _numpy_unscale(actions, space.low, space.high)
+    actual = plan.finish(torch.as_tensor(actions), vectorized=True).numpy()
+    assert actual.dtype == expected.dtype
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_the_parity_grid_covers_both_unscale_paths() -> None:
+    from helpers import action_space
+
+    from sb3_tensorpatch.actions import ActionPlan
+
+    assert not ActionPlan(action_space("Box"), squash_output=True).fused
+    assert ActionPlan(action_space("BoxPow2"), squash_output=True).fused
+
+
+def test_eval_check_reads_a_training_property_as_an_attribute() -> None:
+    class PropertyFlag(torch.nn.Module):
+        """A module whose ``training`` is a property, not an entry of its ``__dict__``."""
+
+        def __init__(self) -> None:
+            self._mode = True
+            super().__init__()
+
+        @property  # type: ignore[override]
+        def training(self) -> bool:
+            return self._mode
+
+        @training.setter
+        def training(self, value: bool) -> None:
+            self._mode = value
+
+    model = build("PPO", "Box", "Box", seed=1)  # not the cached model: a module is added to it
+    model.policy.extra = PropertyFlag()
+    model.policy.set_training_mode(False)
+    plan = cache.plan_for(model.policy)
+    assert plan.flag is cache._training and plan.flags == plan.modules
+    obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 2, seed=0)))
+    model.policy.extra._mode = True
+    model.predict(obs, deterministic=True)
+    assert model.policy.extra.training is False
