@@ -50,7 +50,7 @@ class ActionPlan:
             and self._low.dtype in (np.float32, np.float64)
             and _powers_of_two(_half_range(self._low, self._high))
         )
-        self._bounds: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._bounds: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     def bounds(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """Return ``(low, high)`` for clipping, or ``(low, 0.5 * (high - low))`` for unscaling, on ``device``.
@@ -58,13 +58,24 @@ class ActionPlan:
         ``0.5 * ((a + 1) * (high - low))`` and ``(a + 1) * (0.5 * (high - low))`` are the same
         floating-point number (halving is exact), so unscaling keeps numpy's result bit for bit.
         """
+        low, second, _ = self._constants(device)
+        return low, second
+
+    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``bounds(device)`` and a 0-d ``1.0`` in the bounds' dtype, built once per device.
+
+        ``actions + one`` adds the same 1.0 as ``actions + 1.0`` with the same type promotion (a
+        0-d tensor does not promote a dimensioned one), without wrapping a Python number into a
+        tensor on every call.
+        """
         cached = self._bounds.get(device)
         if cached is None:
             low = torch.as_tensor(self._low, device=device)
             high = torch.as_tensor(self._high, device=device)
             second = (high - low) * 0.5 if self.mode == UNSCALE else high
-            # a dict assignment is atomic: concurrent first calls at worst build the pair twice
-            cached = self._bounds[device] = (low, second)
+            one = torch.ones((), dtype=low.dtype, device=device)
+            # a dict assignment is atomic: concurrent first calls at worst build the triple twice
+            cached = self._bounds[device] = (low, second, one)
         return cached
 
     def finish(self, actions: Tensor, vectorized: bool, reshape: bool = True) -> Tensor:
@@ -81,15 +92,16 @@ class ActionPlan:
             actions = actions.reshape(self.batched_shape)
         mode = self.mode
         if mode is not None:
-            low, second = self.bounds(actions.device)
+            device = actions.device
+            low, second, one = self._bounds.get(device) or self._constants(device)
             if mode == CLIP:
                 actions = torch.clamp(actions, low, second)
             elif actions.dtype == low.dtype:
                 if self.fused:
-                    actions = torch.addcmul(low, torch.add(actions, 1.0), second)
+                    actions = torch.addcmul(low, torch.add(actions, one), second)
                 else:
                     # in place on the fresh tensor ``actions + 1.0``; the policy's own output is not touched
-                    actions = torch.add(actions, 1.0).mul_(second).add_(low)
+                    actions = torch.add(actions, one).mul_(second).add_(low)
             else:  # numpy's type promotion, e.g. float32 actions and float64 bounds
                 actions = low + (actions + 1.0) * second
         if not vectorized:
