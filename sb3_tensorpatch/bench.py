@@ -8,9 +8,11 @@ Three ways to get actions for a batch of observations, timed side by side in one
   not the same);
 - ``tensor``: ``model.predict(obs_tensor)`` with the patch enabled.
 
-Each round times every method once, in turn (interleaved), for a fixed number of calls; the table
-shows the median per call over the rounds, and the ratios ``tensor / workaround`` and
-``numpy / tensor``.
+Each round times every method once, in turn (interleaved, the order turning every round), for a
+fixed number of calls; the table shows the median per call over the rounds, and the medians over
+the rounds of each round's ratios ``tensor / workaround`` and ``numpy / tensor`` (timings taken
+side by side share the machine's state, so their ratio is steadier than a ratio of two medians on
+a machine whose speed drifts).
 """
 
 from __future__ import annotations
@@ -32,39 +34,46 @@ CASES = (
     ("A2C CartPole", "A2C", "CartPole-v1"),
     ("TD3 Pendulum", "TD3", "Pendulum-v1"),
 )
-BATCHES = (1, 16, 256, 4096)
+#: batch sizes: a batch of n rows has the shape ``(n, *observation_shape)``; ``single`` is one
+#: observation without the batch dim, which predict accepts and the workaround does not (it is
+#: given the same observation with the batch dim, so it skips the two reshapes predict makes)
+BATCHES = ("single", "1", "16", "256", "4096")
+SINGLE = "single"
 METHODS = ("numpy", "workaround", "tensor")
+#: calls per method per round at least, however long one call takes (large batches)
+MIN_CALLS = 3
 
 
 @dataclass
 class Result:
-    """Median seconds per call for one case and batch size."""
+    """Medians for one case and batch size: seconds per call, and the ratios of each round."""
 
     case: str
     batch: int
+    single: bool
     device: str
     numpy: float
     workaround: float
     tensor: float
-
-    @property
-    def tensor_vs_workaround(self) -> float:
-        return self.tensor / self.workaround
-
-    @property
-    def numpy_vs_tensor(self) -> float:
-        return self.numpy / self.tensor
+    #: median over the rounds of tensor / workaround, each round's two timings taken side by side
+    tensor_vs_workaround: float
+    #: median over the rounds of numpy / tensor
+    numpy_vs_tensor: float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the policies and tensors (cpu, cuda)")
     parser.add_argument("--cases", default=None, help=f"comma-separated subset of: {', '.join(c[0] for c in CASES)}")
-    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated batch sizes")
-    parser.add_argument("--rounds", type=int, default=21, help="interleaved rounds per case and batch size")
-    parser.add_argument("--budget", type=float, default=0.02, help="target seconds per method per round")
+    parser.add_argument(
+        "--batches",
+        default=",".join(BATCHES),
+        help="comma-separated batch sizes (rows), and 'single' for one observation without the batch dim",
+    )
+    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per case and batch size")
+    parser.add_argument("--budget", type=float, default=0.01, help="target seconds per method per round")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--stochastic", action="store_true", help="deterministic=False")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds, batches 1 and 16, two cases")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds, batches up to 16, two cases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="also save a bar chart (needs matplotlib)")
 
@@ -86,18 +95,23 @@ def _per_call(function: Callable[[], Any], calls: int, sync: Callable[[], None])
     return (time.perf_counter() - start) / calls
 
 
-def measure(model: Any, batch: int, device: str, rounds: int, budget: float, deterministic: bool) -> dict[str, float]:
-    """Return the median seconds per call of each method for ``model`` at ``batch``."""
+def measure(
+    model: Any, batch: int, device: str, rounds: int, budget: float, deterministic: bool, single: bool = False
+) -> dict[str, float]:
+    """Return the median seconds per call of each method for ``model`` at ``batch``, and the
+    median per-round ratios ``tensor_vs_workaround`` and ``numpy_vs_tensor``.
+
+    :param single: one observation without the batch dim (``batch`` must be 1); the workaround
+        gets it with the batch dim, as it needs
+    """
     import numpy as np
     import torch
-
-    import sb3_tensorpatch
 
     space = model.observation_space
     space.seed(0)
     obs_np = np.stack([space.sample() for _ in range(batch)])
-    if batch == 1:
-        obs_np = obs_np[0]  # one row: a single observation, as an env step would give
+    if single:
+        obs_np = obs_np[0]  # one observation, as a single (not vectorized) env step would give
     obs_t = torch.as_tensor(obs_np, device=device)
     batched_t = obs_t.reshape((-1, *space.shape))
     policy = model.policy
@@ -113,31 +127,56 @@ def measure(model: Any, batch: int, device: str, rounds: int, budget: float, det
     def tensor_call() -> Any:
         return model.predict(obs_t, deterministic=deterministic)
 
+    functions = {"numpy": numpy_call, "workaround": workaround_call, "tensor": tensor_call}
     calls = {}
-    sb3_tensorpatch.disable()
-    for name, function in (("numpy", numpy_call), ("workaround", workaround_call)):
+    for name, function in functions.items():
+        _switch(name)
         function()
-        calls[name] = max(1, int(budget / max(_per_call(function, 3, sync), 1e-7)))
-    sb3_tensorpatch.enable()
-    tensor_call()
-    calls["tensor"] = max(1, int(budget / max(_per_call(tensor_call, 3, sync), 1e-7)))
+        calls[name] = max(MIN_CALLS, int(budget / max(_per_call(function, 3, sync), 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in METHODS}
-    for _ in range(rounds):
-        sb3_tensorpatch.disable()
-        samples["numpy"].append(_per_call(numpy_call, calls["numpy"], sync))
-        samples["workaround"].append(_per_call(workaround_call, calls["workaround"], sync))
+    for index in range(rounds):
+        # the order turns every round, so that no method always runs first (or right after another)
+        for name in METHODS[index % 3 :] + METHODS[: index % 3]:
+            _switch(name)
+            functions[name]()  # untimed: after enable() the policy's plan is built once
+            samples[name].append(_per_call(functions[name], calls[name], sync))
+    _switch("numpy")  # leave the patch off
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    rounds_of = list(zip(samples["numpy"], samples["workaround"], samples["tensor"]))
+    medians["tensor_vs_workaround"] = statistics.median(t / w for _, w, t in rounds_of)
+    medians["numpy_vs_tensor"] = statistics.median(n / t for n, _, t in rounds_of)
+    return medians
+
+
+def _switch(method: str) -> None:
+    """The patch on for the tensor method, off for the two baselines."""
+    import sb3_tensorpatch
+
+    if method == "tensor":
         sb3_tensorpatch.enable()
-        samples["tensor"].append(_per_call(tensor_call, calls["tensor"], sync))
-    sb3_tensorpatch.disable()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    else:
+        sb3_tensorpatch.disable()
+
+
+def _label(result: Result) -> str:
+    return SINGLE if result.single else str(result.batch)
+
+
+def _parse_batches(text: str) -> tuple[tuple[int, bool], ...]:
+    """``"single,1,16"`` to ``((1, True), (1, False), (16, False))``."""
+    batches = []
+    for item in text.split(","):
+        item = item.strip()
+        batches.append((1, True) if item == SINGLE else (int(item), False))
+    return tuple(batches)
 
 
 def _table(results: list[Result]) -> str:
-    header = f"{'case':<14} {'batch':>5}  {'numpy':>10} {'workaround':>11} {'tensor':>10}  {'tensor/workaround':>17} {'numpy/tensor':>12}"
+    header = f"{'case':<14} {'batch':>6}  {'numpy':>10} {'workaround':>11} {'tensor':>10}  {'tensor/workaround':>17} {'numpy/tensor':>12}"
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
-            f"{r.case:<14} {r.batch:>5}  {r.numpy * 1e6:>8.1f}us {r.workaround * 1e6:>9.1f}us {r.tensor * 1e6:>8.1f}us"
+            f"{r.case:<14} {_label(r):>6}  {r.numpy * 1e6:>8.1f}us {r.workaround * 1e6:>9.1f}us {r.tensor * 1e6:>8.1f}us"
             f"  {r.tensor_vs_workaround:>17.2f} {r.numpy_vs_tensor:>12.2f}"
         )
     return "\n".join(lines)
@@ -152,7 +191,7 @@ def _plot(results: list[Result], path: str) -> None:
     except ImportError:
         print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
         return
-    labels = [f"{r.case}\nbatch {r.batch}" for r in results]
+    labels = [f"{r.case}\nbatch {_label(r)}" for r in results]
     fig, ax = plt.subplots(figsize=(max(6, len(results) * 0.9), 4))
     width = 0.27
     for offset, name in enumerate(METHODS):
@@ -177,26 +216,27 @@ def run(args: argparse.Namespace) -> int:
     if args.cases:
         wanted = {name.strip() for name in args.cases.split(",")}
         cases = tuple(case for case in CASES if case[0] in wanted)
-    batches = tuple(int(b) for b in args.batches.split(","))
+    batches = _parse_batches(args.batches)
     rounds = args.rounds
     if args.quick:
-        cases, batches, rounds = cases[:2], tuple(b for b in batches if b <= 16) or (1,), 3
+        cases, batches, rounds = cases[:2], tuple(b for b in batches if b[0] <= 16) or ((1, False),), 3
     progress = sys.stderr if args.json else sys.stdout
     results: list[Result] = []
     total = len(cases) * len(batches)
     for case, algorithm, env_id in cases:
         model = _build(algorithm, env_id, args.device)
-        for batch in batches:
-            print(f"[{len(results) + 1}/{total}] {case}, batch {batch} ...", file=progress, flush=True)
-            medians = measure(model, batch, args.device, rounds, args.budget, not args.stochastic)
-            results.append(Result(case, batch, args.device, **medians))
+        for batch, single in batches:
+            label = SINGLE if single else str(batch)
+            print(f"[{len(results) + 1}/{total}] {case}, batch {label} ...", file=progress, flush=True)
+            medians = measure(model, batch, args.device, rounds, args.budget, not args.stochastic, single)
+            results.append(Result(case, batch, single, args.device, **medians))
     if args.json:
-        rows = [dict(asdict(r), tensor_vs_workaround=r.tensor_vs_workaround, numpy_vs_tensor=r.numpy_vs_tensor) for r in results]
+        rows = [asdict(r) for r in results]
         meta = {"torch": torch.__version__, "threads": args.threads, "rounds": rounds, "deterministic": not args.stochastic}
         print(json.dumps({"meta": meta, "results": rows}, indent=2))
     else:
         print()
-        print(f"median per call, {rounds} interleaved rounds, torch {torch.__version__}, {args.threads} thread(s), device {args.device}")
+        print(f"medians of {rounds} interleaved rounds (ratios: median of the rounds' ratios), torch {torch.__version__}, {args.threads} thread(s), device {args.device}")
         print(_table(results))
     if args.plot:
         _plot(results, args.plot)
