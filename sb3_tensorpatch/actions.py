@@ -33,12 +33,13 @@ class ActionPlan:
     :param squash_output: the policy's ``squash_output``
     """
 
-    __slots__ = ("_bounds", "_high", "_low", "batched_shape", "fused", "mode", "shape", "space")
+    __slots__ = ("_bounds", "_high", "_low", "_rank", "batched_shape", "fused", "mode", "shape", "space")
 
     def __init__(self, space: Any, squash_output: bool) -> None:
         self.space = space
         self.shape = tuple(space.shape)
         self.batched_shape = (-1, *self.shape)
+        self._rank = len(self.shape)
         self.mode: str | None = None
         if isinstance(space, sb3.spaces.Box):
             self.mode = UNSCALE if squash_output else CLIP
@@ -88,8 +89,18 @@ class ActionPlan:
         :param reshape: reshape to ``(-1, *action_space.shape)`` first (SB3 >= 1.6.1; contrib's
             maskable and recurrent policies only from 2.8.0)
         """
-        if reshape and actions.shape[1:] != self.shape:
-            actions = actions.reshape(self.batched_shape)
+        if reshape:
+            # reshape((-1, *shape)) changes nothing when each row has the shape already; the test
+            # reads one int where it can (slicing actions.shape costs more at batch size one)
+            rank = self._rank
+            if rank == 0:
+                same = actions.dim() == 1
+            elif rank == 1:
+                same = actions.dim() == 2 and actions.size(1) == self.shape[0]
+            else:
+                same = actions.shape[1:] == self.shape
+            if not same:
+                actions = actions.reshape(self.batched_shape)
         mode = self.mode
         if mode is not None:
             device = actions.device

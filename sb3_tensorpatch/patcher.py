@@ -119,13 +119,11 @@ def tensor_route(cls: type, name: str) -> Callable[..., Any] | None:
     A route that calls another patched method calls the route directly when this gives one,
     skipping a second pass through a wrapper.
     """
-    for klass in cls.__mro__:
-        entry = klass.__dict__.get(name)
-        if entry is not None:
-            record = getattr(entry, _RECORD, None)
-            if isinstance(record, _Record) and record.wrapper is entry and record.active:
-                return record.route
-            return None
+    # a function read from a class is the function itself (no binding); the MRO walk is Python's own
+    entry = getattr(cls, name, None)
+    record = getattr(entry, _RECORD, None)
+    if record.__class__ is _Record and record.wrapper is entry and record.active:
+        return record.route  # type: ignore[union-attr, no-any-return]
     return None
 
 
