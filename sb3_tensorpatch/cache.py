@@ -45,8 +45,9 @@ class PolicyPlan:
         self.rows = self.obs.leaf.rows if self.obs.leaf is not None else None
         # nn.Module.to() moves parameters in place, so the first parameter keeps telling the device
         self.param: torch.nn.Parameter | None = next(iter(policy.parameters()), None)
-        # the policy itself is left out: the plan must not keep the policy alive
-        self.modules = tuple(policy.modules())[1:]
+        # the modules set_training_mode(False) sets; the policy itself is left out (the plan must
+        # not keep the policy alive) and its own flag is read on every call
+        self.modules = eval_modules(policy)
         # nn.Module keeps ``training`` in the instance ``__dict__``; reading it from there skips the
         # attribute lookup through the class. Modules that define ``training`` otherwise are read as
         # attributes. ``any(map(plan.flag, plan.flags))`` says whether a module is in training mode.
@@ -69,6 +70,45 @@ class PolicyPlan:
         """
         if policy.training or any(map(self.flag, self.flags)):
             policy.set_training_mode(False)
+
+
+#: SB3's policies whose ``set_training_mode`` forwards to named sub-networks and then sets
+#: ``self.training`` (every release from 1.2.0 on): (module, class, sub-network attributes)
+_FORWARDING = (
+    ("stable_baselines3.dqn.policies", "DQNPolicy", ("q_net",)),
+    ("stable_baselines3.sac.policies", "SACPolicy", ("actor", "critic")),
+    ("stable_baselines3.td3.policies", "TD3Policy", ("actor", "critic")),
+    ("sb3_contrib.qrdqn.policies", "QRDQNPolicy", ("quantile_net",)),
+    ("sb3_contrib.tqc.policies", "TQCPolicy", ("actor", "critic")),
+    ("sb3_contrib.crossq.policies", "CrossQPolicy", ("actor", "critic")),
+)
+
+
+def eval_modules(policy: Any) -> tuple[torch.nn.Module, ...]:
+    """Return the sub-modules whose training flag ``policy.set_training_mode(False)`` sets.
+
+    ``BaseModel.set_training_mode`` is ``self.train(mode)``: every module. SB3's DQN, SAC, TD3
+    (and contrib's QRDQN, TQC, CrossQ) policies forward it to their networks only, so the target
+    networks keep their own mode; checking just the forwarded networks' modules gives the same
+    observable result with fewer flags to read on every call. The forwarding is recognised by the
+    identity of the installed class's method (a subclass that overrides it gets every module),
+    and each network must itself use ``BaseModel``'s plain ``train(mode)``.
+    """
+    import sys
+
+    from stable_baselines3.common.policies import BaseModel
+
+    method = type(policy).set_training_mode
+    for module_name, class_name, names in _FORWARDING:
+        # a policy of one of these classes has its module imported already
+        forwarding = getattr(getattr(sys.modules.get(module_name), class_name, None), "set_training_mode", None)
+        if forwarding is None or method is not forwarding:
+            continue
+        networks: list[Any] = [getattr(policy, name, None) for name in names]
+        if all(getattr(type(net), "set_training_mode", None) is BaseModel.set_training_mode for net in networks):
+            return tuple(dict.fromkeys(module for net in networks for module in net.modules()))
+        break
+    return tuple(policy.modules())[1:]
 
 
 def _plain_flag(module: torch.nn.Module) -> bool:

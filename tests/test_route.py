@@ -203,3 +203,83 @@ def test_eval_check_reads_a_training_property_as_an_attribute() -> None:
     model.policy.extra._mode = True
     model.predict(obs, deterministic=True)
     assert model.policy.extra.training is False
+
+
+# -- the eval check reads exactly the flags set_training_mode(False) sets ---------------------
+
+_EVAL_CASES = [
+    ("PPO", "MlpPolicy", "Box", "Box"),
+    ("A2C", "MlpPolicy", "Box", "Discrete"),
+    ("SAC", "MlpPolicy", "Box", "Box"),
+    ("TD3", "MlpPolicy", "Box", "Box"),
+    ("DDPG", "MultiInputPolicy", "Dict", "Box"),
+    ("DQN", "MlpPolicy", "Box", "Discrete"),
+    ("DQN", "CnnPolicy", "ImageLast", "Discrete"),
+    ("QRDQN", "MlpPolicy", "Box", "Discrete"),
+    ("TQC", "MlpPolicy", "Box", "Box"),
+    ("CrossQ", "MlpPolicy", "Box", "Box"),
+    ("TRPO", "MlpPolicy", "Box", "Box"),
+    ("ARS", "MlpPolicy", "Box", "Box"),
+    ("MaskablePPO", "MlpPolicy", "Box", "Discrete"),
+    ("RecurrentPPO", "MlpLstmPolicy", "Box", "Box"),
+]
+
+
+def _switched_off(policy: Any) -> set[int]:
+    """The modules (by id) that policy.set_training_mode(False) sets, seen from all-training."""
+    saved = [(module, module.training) for module in policy.modules()]
+    try:
+        policy.train(True)
+        policy.set_training_mode(False)
+        return {id(module) for module in policy.modules() if module is not policy and not module.training}
+    finally:
+        for module, mode in saved:
+            module.training = mode
+
+
+@pytest.mark.parametrize("algo,policy_name,obs_kind,act_kind", _EVAL_CASES, ids=["-".join(c) for c in _EVAL_CASES])
+def test_eval_check_reads_exactly_the_flags_sb3_sets(algo: str, policy_name: str, obs_kind: str, act_kind: str) -> None:
+    from helpers import algorithm_class
+
+    if algorithm_class(algo) is None:
+        pytest.skip(f"{algo} is not installed")
+    policy = build(algo, obs_kind, act_kind, policy_name).policy
+    checked = {id(module) for module in cache.eval_modules(policy)}
+    assert checked == _switched_off(policy)
+    if algo in {"SAC", "TD3", "DQN", "QRDQN", "TQC"}:  # CrossQ has no target networks
+        assert len(checked) < len(list(policy.modules())) - 1  # target networks are left out
+
+
+def test_eval_check_of_a_subclass_that_overrides_set_training_mode_reads_every_flag() -> None:
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+    class OwnMode(DQNPolicy):
+        def set_training_mode(self, mode: bool) -> None:
+            self.train(mode)
+
+    model = build("DQN", "Box", "Discrete", OwnMode)
+    modules = cache.eval_modules(model.policy)
+    assert len(modules) == len(list(model.policy.modules())) - 1
+    model.policy.q_net_target.train(True)  # SB3's predict would switch it back through OwnMode
+    obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 2, seed=0)))
+    model.predict(obs, deterministic=True)
+    assert not model.policy.q_net_target.training
+
+
+def test_a_target_network_in_training_mode_is_left_as_sb3_leaves_it() -> None:
+    model = build("DQN", "Box", "Discrete", seed=2)
+    model.policy.q_net_target.train(True)  # DQNPolicy.set_training_mode does not touch it
+    obs = stack(sample_observations(observation_space("Box"), 2, seed=0))
+    sb3_tensorpatch.disable()
+    model.predict(obs, deterministic=True)
+    assert model.policy.q_net_target.training  # SB3 leaves it...
+    sb3_tensorpatch.enable()
+    calls: list[bool] = []
+    original = model.policy.set_training_mode
+    model.policy.set_training_mode = lambda mode: (calls.append(mode), original(mode))  # type: ignore[method-assign]
+    try:
+        model.predict(torch.as_tensor(obs), deterministic=True)
+    finally:
+        del model.policy.set_training_mode
+    assert model.policy.q_net_target.training  # ...and so does the tensor route,
+    assert calls == []  # without calling set_training_mode on every predict to find that out
