@@ -116,7 +116,8 @@ class ActionPlan:
             else:  # numpy's type promotion, e.g. float32 actions and float64 bounds
                 actions = low + (actions + 1.0) * second
         if not vectorized:
-            actions = actions.squeeze(0)
+            # reshaped rows of rank 0 (Discrete) are (1,) here: squeeze() costs less than squeeze(0)
+            actions = actions.squeeze() if reshape and self._rank == 0 else actions.squeeze(0)
         return actions
 
 

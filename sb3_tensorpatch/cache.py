@@ -30,8 +30,8 @@ class PolicyPlan:
     """
 
     __slots__ = (
-        "__weakref__", "action_space", "actions", "flag", "flags", "modules", "obs", "observation_space", "param",
-        "rows", "single",
+        "__weakref__", "action_space", "actions", "flag", "flags", "modules", "obs", "observation_space", "one",
+        "param", "rows", "single",
     )
 
     def __init__(self, policy: Any) -> None:
@@ -43,6 +43,8 @@ class PolicyPlan:
         #: batch, which needs nothing (``None``: ask ``obs``)
         self.single = self.obs.leaf.single if self.obs.leaf is not None else None
         self.rows = self.obs.leaf.rows if self.obs.leaf is not None else None
+        #: ``(1, *single)``: the shape a single observation is viewed as
+        self.one: tuple[int, ...] = (1, *self.single) if self.single is not None else (1,)
         # nn.Module.to() moves parameters in place, so the first parameter keeps telling the device
         self.param: torch.nn.Parameter | None = next(iter(policy.parameters()), None)
         # the modules set_training_mode(False) sets; the policy itself is left out (the plan must

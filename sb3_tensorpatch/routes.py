@@ -63,7 +63,12 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
     if observation.__class__ is Tensor and observation.dtype in NUMERIC_DTYPES and not observation.is_nested:
         shape = observation.shape
         if shape == plan.single:
-            obs = observation.unsqueeze(0)
+            # view() that only adds a leading 1 is valid for any strides and costs less than
+            # unsqueeze(0) at batch size one; other layouts (sparse) take unsqueeze
+            try:
+                obs = observation.view(plan.one)
+            except RuntimeError:
+                obs = observation.unsqueeze(0)
             vectorized = False
         elif shape[1:] == plan.rows:
             obs = observation
