@@ -627,14 +627,20 @@ def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, o
     _assert_originals(originals)
 
 
-def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
-    # what ddtrace or OpenTelemetry would do after our enable(): wrap the class attribute with wrapt
-    seen: list[tuple[Any, tuple[Any, ...]]] = []
+def _recording_wrapper(seen: list[tuple[Any, tuple[Any, ...]]]) -> Any:
+    """A wrapt wrapper function that records the instance and arguments of each call."""
 
     def foreign(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         seen.append((instance, args))
         return wrapped(*args, **kwargs)
 
+    return foreign
+
+
+def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    # what ddtrace or OpenTelemetry would do after our enable(): wrap the class attribute with wrapt
+    seen: list[tuple[Any, tuple[Any, ...]]] = []
+    foreign = _recording_wrapper(seen)
     sb3_tensorpatch.enable()
     wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
     try:
@@ -653,11 +659,7 @@ def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, obs: 
 def test_ours_on_top_of_a_wrapt_wrapper_binds_it(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
     # theirs was there before enable(): numpy calls reach it bound to the instance, as before
     seen: list[tuple[Any, tuple[Any, ...]]] = []
-
-    def foreign(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        seen.append((instance, args))
-        return wrapped(*args, **kwargs)
-
+    foreign = _recording_wrapper(seen)
     wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
     theirs = BasePolicy.__dict__["predict"]
     try:
