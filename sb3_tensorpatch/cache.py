@@ -64,15 +64,6 @@ class PolicyPlan:
         param = self.param
         return _CPU if param is None else param.device
 
-    def ensure_eval(self, policy: Any) -> None:
-        """Call ``policy.set_training_mode(False)`` unless every module is already in eval mode.
-
-        SB3's ``predict`` calls it every time; when nothing is in training mode the call changes
-        nothing, and skipping it saves walking the module tree.
-        """
-        if policy.training or any(map(self.flag, self.flags)):
-            policy.set_training_mode(False)
-
 
 #: SB3's policies whose ``set_training_mode`` forwards to named sub-networks and then sets
 #: ``self.training`` (every release from 1.2.0 on): (module, class, sub-network attributes)

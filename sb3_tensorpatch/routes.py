@@ -9,6 +9,7 @@ on the device. It never reads a value back to the host.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from typing import Any, Callable
@@ -45,8 +46,27 @@ def _warn_moved(source: torch.device, target: torch.device) -> None:
         f"sb3-tensorpatch: the observation is on {source} but the policy is on {target}; "
         f"moving it there and the actions back (warned once per pair of devices).",
         UserWarning,
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
+
+
+#: the packages whose frames a warning skips to reach the user's call (``model.predict`` passes
+#: through SB3's ``BaseAlgorithm.predict`` before it reaches our wrapper)
+_INTERNAL = ("sb3_tensorpatch", "stable_baselines3", "sb3_contrib")
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package and SB3.
+
+    The depth varies by route and by entry point (``model.predict`` or ``policy.predict``), so it
+    is counted, not fixed.
+    """
+    frame = sys._getframe(1)  # the function that will call warnings.warn
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INTERNAL:
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torch.device, torch.device]:

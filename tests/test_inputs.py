@@ -757,8 +757,10 @@ def test_observation_on_another_device_is_moved_with_one_warning(
     moves = Spy(routes.to_device)
     monkeypatch.setattr(routes, "to_device", moves)
     obs, kwargs = _valid(key)
-    with pytest.warns(UserWarning, match=r"observation is on cpu but the policy is on cpu:0; moving it there"):
+    with pytest.warns(UserWarning, match=r"observation is on cpu but the policy is on cpu:0; moving it there") as record:
         actual = model.predict(to_tensor(obs), deterministic=True, **_tensors(kwargs))
+    # the warning points at the caller's line, past our routes and SB3's BaseAlgorithm.predict
+    assert [entry.filename for entry in record if "sb3-tensorpatch" in str(entry.message)] == [__file__]
     assert len(moves.calls) == 1 and moves.calls[0][0][1] == target
     _assert_same(actual, model.predict(obs, deterministic=True, **kwargs))
     with warnings.catch_warnings(record=True) as caught:
