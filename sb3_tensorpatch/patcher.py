@@ -66,12 +66,14 @@ _RECORD = "_sb3_tensorpatch_record"
 def _wrapper(function: Any, route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
     """Return the function installed in place of ``function``: tensors to ``route``, the rest to ``function``.
 
-    A plain function, so that Python binds it as fast as SB3's own method (a wrapt
-    ``FunctionWrapper`` costs several microseconds per call to bind and dispatch, more than the
-    whole per-call budget of the tensor route). ``functools.update_wrapper`` gives it the
-    original's name, qualified name, module and docstring, and ``__wrapped__``, through which
-    ``inspect.signature`` shows the original's parameters. Bound methods pickle by name, as
-    SB3's do.
+    A plain function with the original's own parameters and defaults, so that Python binds and
+    calls it as fast as SB3's own method, and a call allocates no ``*args`` tuple or ``**kwargs``
+    dict (a wrapt ``FunctionWrapper`` costs several microseconds per call to bind and dispatch,
+    more than the whole per-call budget of the tensor route). ``functools.update_wrapper`` gives it
+    the original's name, qualified name, module and docstring, and ``__wrapped__``, through which
+    ``inspect.signature`` shows the original's parameters; bound methods pickle by name, as SB3's
+    do. A signature with other kinds of parameters than plain positional-or-keyword ones gets a
+    ``(*args, **kwargs)`` wrapper that decides the same way.
 
     The decision is one ``isinstance`` on the observation; a dict observation goes to the route
     when a value is a tensor. Once ``record.active`` is false (after ``disable()``, for a wrapper
@@ -88,21 +90,59 @@ def _wrapper(function: Any, route: Callable[..., Any], first: str, record: _Reco
     from .observations import is_tensor_input
 
     plain = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
+    namespace: dict[str, Any] = {
+        "__name__": __name__,  # its frames are ours (warnings skip them to reach the caller)
+        "_route": route, "_record": record, "_function": function, "_Tensor": Tensor, "_tensor_input": is_tensor_input,
+    }
+    source = _exact_source(inspect.signature(function), first, plain, namespace)
+    if source is not None:
+        # written from the checked signature's parameter names only; tracebacks name the target
+        exec(compile(source, f"<sb3-tensorpatch wrapper of {record.target}>", "exec"), namespace)
+        wrapper: Callable[..., Any] = namespace["wrapper"]
+    else:
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if args and record.active:
-            observation = args[1] if len(args) > 1 else kwargs.get(first)
-            if isinstance(observation, Tensor) or is_tensor_input(observation):
-                return route(*args, **kwargs)
-        if plain:
-            return function(*args, **kwargs)
-        if not args:
-            return function(**kwargs)
-        return function.__get__(args[0], type(args[0]))(*args[1:], **kwargs)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if args and record.active:
+                observation = args[1] if len(args) > 1 else kwargs.get(first)
+                if isinstance(observation, Tensor) or is_tensor_input(observation):
+                    return route(*args, **kwargs)
+            if plain:
+                return function(*args, **kwargs)
+            if not args:
+                return function(**kwargs)
+            return function.__get__(args[0], type(args[0]))(*args[1:], **kwargs)
 
     functools.update_wrapper(wrapper, function)
     setattr(wrapper, _RECORD, record)
     return wrapper
+
+
+def _exact_source(signature: inspect.Signature, first: str, plain: bool, namespace: dict[str, Any]) -> str | None:
+    """The source of a wrapper with ``signature``'s parameters, or ``None`` when it cannot be written.
+
+    Defaults are the original's own objects, put in ``namespace``; names must be identifiers and
+    every parameter positional-or-keyword (SB3's ``predict`` and ``VecNormalize`` methods are).
+    """
+    names = list(signature.parameters)
+    if len(names) < 2 or names[1] != first:
+        return None
+    declared = []
+    for index, parameter in enumerate(signature.parameters.values()):
+        if parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or not parameter.name.isidentifier():
+            return None
+        if parameter.default is inspect.Parameter.empty:
+            declared.append(parameter.name)
+        else:
+            namespace[f"_default{index}"] = parameter.default
+            declared.append(f"{parameter.name}=_default{index}")
+    arguments = ", ".join(names)
+    original = f"_function({arguments})" if plain else f"_function.__get__({names[0]}, type({names[0]}))({', '.join(names[1:])})"
+    return (
+        f"def wrapper({', '.join(declared)}):\n"
+        f"    if _record.active and (isinstance({first}, _Tensor) or _tensor_input({first})):\n"
+        f"        return _route({arguments})\n"
+        f"    return {original}\n"
+    )
 
 
 def is_wrapper(entry: object) -> bool:

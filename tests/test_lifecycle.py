@@ -1048,3 +1048,50 @@ def test_user_default_set_while_enabled_wins(originals: dict[str, Any]) -> None:
         Distribution._validate_args = originals[_VALIDATE]
     with pytest.raises(ValueError):
         _invalid_normal()
+
+
+def test_wrappers_take_exactly_the_originals_parameters(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+    import inspect
+
+    def message(call: Any) -> str:
+        with pytest.raises(TypeError) as info:
+            call()
+        return str(info.value)
+
+    bad_calls = [
+        lambda: ppo.policy.predict(),
+        lambda: ppo.policy.predict(obs, unknown=1),
+        lambda: ppo.policy.predict(obs, None, None, True, "one too many"),
+    ]
+    expected = [message(call) for call in bad_calls]
+    sb3_tensorpatch.enable()
+    for target, (owner, name) in _targets().items():
+        if target != _VALIDATE:
+            # the wrapper's own parameters (not only the ones inspect finds through __wrapped__)
+            own = inspect.signature(owner.__dict__[name], follow_wrapped=False)
+            assert own == inspect.signature(originals[target]), target
+    assert [message(call) for call in bad_calls] == expected  # Python's own messages, as before
+
+
+def test_wrapper_for_a_signature_it_cannot_restate(ppo: Any) -> None:
+    # keyword-only parameters take the (*args, **kwargs) wrapper, which decides the same way
+    calls: list[str] = []
+
+    def original(self: Any, observation: Any, *, deterministic: bool = False) -> str:
+        calls.append("original")
+        return "numpy"
+
+    def route(self: Any, observation: Any, *, deterministic: bool = False) -> str:
+        calls.append("route")
+        return "tensor"
+
+    record = patcher._Record(None, BasePolicy, "predict", original)
+    wrapper = patcher._wrapper(original, route, "observation", record)
+    record.wrapper = wrapper
+    assert wrapper.__code__.co_flags & 0x04 and wrapper.__code__.co_flags & 0x08  # *args and **kwargs
+    assert wrapper(ppo.policy, np.zeros(4)) == "numpy"
+    assert wrapper(ppo.policy, torch.zeros(4), deterministic=True) == "tensor"
+    assert wrapper(ppo.policy, observation={"key": torch.zeros(4)}) == "tensor"
+    record.active = False
+    assert wrapper(ppo.policy, torch.zeros(4)) == "numpy"
+    assert calls == ["original", "route", "route", "original"]
