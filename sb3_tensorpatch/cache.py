@@ -26,6 +26,11 @@ _training_item = operator.itemgetter("training")
 class PolicyPlan:
     """Cached facts about one policy.
 
+    A plan is rebuilt when the policy's spaces are replaced. It holds on to the policy's modules
+    and first parameter, which ``load_state_dict``, ``set_parameters`` and ``.to(device)`` keep;
+    a policy whose sub-networks are replaced by new modules after its first tensor predict needs
+    ``disable()`` and ``enable()`` (which drop every plan).
+
     :param policy: an SB3 ``BasePolicy``
     """
 

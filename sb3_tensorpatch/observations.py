@@ -92,8 +92,7 @@ class LeafPlan:
         :raises ValueError: for a shape that fits neither a single nor a batched observation
         :raises TypeError: for a dtype SB3 cannot feed to the network
         """
-        if obs.dtype not in NUMERIC_DTYPES:
-            _check_dtype(obs, self.space)
+        _check_dtype(obs, self.space)
         if self.is_image:
             obs = self._maybe_transpose(obs)
         try:
