@@ -128,7 +128,12 @@ def _exact_source(signature: inspect.Signature, first: str, plain: bool, namespa
         return None
     declared = []
     for index, parameter in enumerate(signature.parameters.values()):
-        if parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD or not parameter.name.isidentifier():
+        if (
+            parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
+            or not parameter.name.isidentifier()
+            or parameter.name.startswith("_")  # the generated code's own names start with "_"
+            or parameter.name in ("isinstance", "type")  # ... or are these builtins
+        ):
             return None
         if parameter.default is inspect.Parameter.empty:
             declared.append(parameter.name)
