@@ -1095,3 +1095,15 @@ def test_wrapper_for_a_signature_it_cannot_restate(ppo: Any) -> None:
     record.active = False
     assert wrapper(ppo.policy, torch.zeros(4)) == "numpy"
     assert calls == ["original", "route", "route", "original"]
+
+
+@pytest.mark.parametrize("name", ["_route", "isinstance"])
+def test_wrapper_for_parameter_names_the_generated_code_uses(name: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(f"def original(self, observation, {name}=None):\n    return 'numpy'\n", namespace)
+    record = patcher._Record(None, BasePolicy, "predict", namespace["original"])
+    wrapper = patcher._wrapper(namespace["original"], lambda *args, **kwargs: "tensor", "observation", record)
+    record.wrapper = wrapper
+    assert wrapper.__code__.co_flags & 0x04  # the (*args, **kwargs) form
+    assert wrapper(None, np.zeros(2), **{name: 1}) == "numpy"
+    assert wrapper(None, torch.zeros(2), **{name: 1}) == "tensor"
