@@ -53,21 +53,15 @@ class ActionPlan:
         )
         self._bounds: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
-    def bounds(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Return ``(low, high)`` for clipping, or ``(low, 0.5 * (high - low))`` for unscaling, on ``device``.
+    def bounds(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(low, high, one)`` for clipping, or ``(low, 0.5 * (high - low), one)`` for unscaling,
+        on ``device``, built once per device; ``one`` is a 0-d ``1.0`` in the bounds' dtype.
 
         ``0.5 * ((a + 1) * (high - low))`` and ``(a + 1) * (0.5 * (high - low))`` are the same
         floating-point number (halving is exact), so unscaling keeps numpy's result bit for bit.
-        """
-        low, second, _ = self._constants(device)
-        return low, second
-
-    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """``bounds(device)`` and a 0-d ``1.0`` in the bounds' dtype, built once per device.
-
-        ``actions + one`` adds the same 1.0 as ``actions + 1.0`` with the same type promotion (a
-        0-d tensor does not promote a dimensioned one), without wrapping a Python number into a
-        tensor on every call.
+        ``actions + one`` adds the same 1.0 as ``actions + 1.0`` with the same type promotion (a 0-d
+        tensor does not promote a dimensioned one), without wrapping a Python number into a tensor
+        on every call.
         """
         cached = self._bounds.get(device)
         if cached is None:
@@ -104,7 +98,7 @@ class ActionPlan:
         mode = self.mode
         if mode is not None:
             device = actions.device
-            low, second, one = self._bounds.get(device) or self._constants(device)
+            low, second, one = self._bounds.get(device) or self.bounds(device)
             if mode == CLIP:
                 actions = torch.clamp(actions, low, second)
             elif actions.dtype == low.dtype:

@@ -18,7 +18,8 @@ import torch
 from .actions import ActionPlan
 from .observations import ObservationPlan
 
-_CPU = torch.device("cpu")
+#: the device of a policy without parameters, as SB3's ``BaseModel.device`` reports it
+CPU = torch.device("cpu")
 _training = operator.attrgetter("training")
 _training_item = operator.itemgetter("training")
 
@@ -36,7 +37,7 @@ class PolicyPlan:
 
     __slots__ = (
         "__weakref__", "action_space", "actions", "flag", "flags", "modules", "obs", "observation_space", "one",
-        "param", "rows", "single",
+        "param", "single",
     )
 
     def __init__(self, policy: Any) -> None:
@@ -47,7 +48,6 @@ class PolicyPlan:
         #: the shape of one observation, which needs nothing but a batch dim, and of each row of a
         #: batch, which needs nothing (``None``: ask ``obs``)
         self.single = self.obs.leaf.single if self.obs.leaf is not None else None
-        self.rows = self.obs.leaf.rows if self.obs.leaf is not None else None
         #: ``(1, *single)``: the shape a single observation is viewed as
         self.one: tuple[int, ...] = (1, *self.single) if self.single is not None else (1,)
         # nn.Module.to() moves parameters in place, so the first parameter keeps telling the device
@@ -67,7 +67,7 @@ class PolicyPlan:
     def device(self) -> torch.device:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""
         param = self.param
-        return _CPU if param is None else param.device
+        return CPU if param is None else param.device
 
 
 #: SB3's policies whose ``set_training_mode`` forwards to named sub-networks and then sets

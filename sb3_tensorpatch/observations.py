@@ -64,7 +64,7 @@ class LeafPlan:
     :param space: the (sub-)space of the policy's observation space
     """
 
-    __slots__ = ("checker", "is_image", "rows", "shape", "single", "space", "transposed")
+    __slots__ = ("checker", "is_image", "shape", "single", "space", "transposed")
 
     def __init__(self, space: Any) -> None:
         self.space = space
@@ -73,16 +73,14 @@ class LeafPlan:
         # the channel-last shape that SB3's maybe_transpose would turn into this space's shape
         self.transposed = (self.shape[1], self.shape[2], self.shape[0]) if self.is_image else None
         self.checker = sb3.vectorized_checker(space)
-        # the shape SB3's checker calls a single observation, asked once: the routes batch a tensor
-        # of exactly this shape without calling the checker (``None`` for images: they may need a
-        # transpose)
+        # the shape SB3's checker calls a single observation, and (n, *single) a batch, asked once:
+        # the routes take a tensor of either shape without calling the checker (``None`` for
+        # images, which may need a transpose, and where the checker says otherwise)
         self.single: tuple[int, ...] | None = None
-        #: likewise the shape of each row of a batch (``(n, *rows)`` is batched); ``None`` if unknown
-        self.rows: tuple[int, ...] | None = None
         if not self.is_image:
             try:
                 if self.checker(_Shape(self.shape), space) is False and self.checker(_Shape((3, *self.shape)), space) is True:
-                    self.single = self.rows = self.shape
+                    self.single = self.shape
             except (ValueError, TypeError, AttributeError):
                 pass
 

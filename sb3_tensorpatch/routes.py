@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import normalization
-from .cache import PolicyPlan, cached_plan, plan_for
+from .cache import CPU, PolicyPlan, cached_plan, plan_for
 from .observations import NUMERIC_DTYPES, batch_size, check_reachable, to_device
 from .patcher import tensor_route
 from .validation import _local as _validation
@@ -26,7 +26,6 @@ from .validation import _local as _validation
 Tensor = torch.Tensor
 Route = Callable[..., Any]
 
-_CPU = torch.device("cpu")
 _grad_enabled = torch.is_grad_enabled
 _set_grad = torch._C._set_grad_enabled
 
@@ -90,7 +89,7 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
             except RuntimeError:
                 obs = observation.unsqueeze(0)
             vectorized = False
-        elif shape[1:] == plan.rows:
+        elif shape[1:] == plan.single:
             obs = observation
             vectorized = True
     if obs is None:
@@ -98,7 +97,7 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
     else:
         device = observation.device
     param = plan.param
-    target = _CPU if param is None else param.device
+    target = CPU if param is None else param.device
     if device != target:
         check_reachable(device, target)
         _warn_moved(device, target)
