@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import host, sb3
 from .actions import ActionPlan
 from .observations import ObservationPlan
 
@@ -36,8 +37,8 @@ class PolicyPlan:
     """
 
     __slots__ = (
-        "__weakref__", "action_space", "actions", "flag", "flags", "modules", "obs", "observation_space", "one",
-        "param", "single",
+        "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "modules", "obs",
+        "observation_space", "one", "param", "random_host", "single",
     )
 
     def __init__(self, policy: Any) -> None:
@@ -63,6 +64,20 @@ class PolicyPlan:
         if all(_plain_flag(module) for module in self.modules):
             self.flags = tuple(vars(module) for module in self.modules)
             self.flag = _training_item
+        cls = type(policy)
+        if host.first_override(cls, {"set_training_mode": _own_set_training_mode()}) is not None:
+            # SB3 calls set_training_mode(False) on every predict; an override may do more than set
+            # flags, so it is called on every predict too: a flag that always reads as training
+            self.flags = (_ALWAYS_TRAINING,)
+            self.flag = _training_item
+        #: the overridden method that sends this policy's tensor predicts through the host, or ``None``
+        self.host = host.first_override(cls, _numpy_methods(policy))
+        #: the same for the random actions of DQN's epsilon-greedy ``predict``
+        self.random_host = host.first_override(cls, {"is_vectorized_observation": (_base_policy().is_vectorized_observation,)})
+        #: whether the caller's tensor must be copied before the network sees it: SB3's path always
+        #: works on a copy, and code other than SB3's own (a custom features extractor, a hook) may
+        #: work in place; SB3's own modules never do, so their common path stays copy-free
+        self.copy_input = not _own_code(policy)
 
     def device(self) -> torch.device:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""
@@ -107,6 +122,54 @@ def eval_modules(policy: Any) -> tuple[torch.nn.Module, ...]:
             return tuple(dict.fromkeys(module for net in networks for module in net.modules()))
         break
     return tuple(policy.modules())[1:]
+
+
+#: what a flag of a policy with its own set_training_mode reads as (see PolicyPlan)
+_ALWAYS_TRAINING = {"training": True}
+
+#: modules whose classes come from these packages are SB3's own code (or torch's)
+_OWN_PACKAGES = ("stable_baselines3.", "sb3_contrib.", "torch.", "builtins", "abc", "typing")
+
+
+def _base_policy() -> Any:
+    from stable_baselines3.common.policies import BasePolicy
+
+    return BasePolicy
+
+
+def _own_set_training_mode() -> tuple[Any, ...]:
+    """``set_training_mode`` as SB3 and sb3-contrib define it (see :data:`_FORWARDING`)."""
+    import sys
+
+    own = [_base_policy().set_training_mode]
+    for module_name, class_name, _ in _FORWARDING:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if cls is not None:
+            own.append(cls.set_training_mode)
+    return tuple(own)
+
+
+def _numpy_methods(policy: Any) -> dict[str, tuple[Any, ...]]:
+    """The methods SB3's ``predict`` calls with NumPy arrays for this policy, with SB3's own function for each."""
+    base = _base_policy()
+    methods = {"obs_to_tensor": (base.obs_to_tensor,)}
+    if isinstance(policy.action_space, sb3.spaces.Box) and policy.squash_output:
+        methods["unscale_action"] = (base.unscale_action,)
+    return methods
+
+
+def _own_code(policy: Any) -> bool:
+    """Whether every class on the policy's path is SB3's, sb3-contrib's or torch's, and no forward hook is set."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False
+    for module in policy.modules():  # the policy itself first
+        if module._forward_hooks or module._forward_pre_hooks:
+            return False
+        if not all(klass.__module__.startswith(_OWN_PACKAGES) for klass in type(module).__mro__):
+            return False
+    return True
 
 
 def _plain_flag(module: torch.nn.Module) -> bool:

@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 import torch
 
+from . import host
 from .cache import ObjectCache
+from .errors import ObservationTypeError
 
 Tensor = torch.Tensor
 
@@ -207,29 +209,56 @@ def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Callable[[Tensor, An
         return obs.clone()
     rms = venv.obs_rms  # absent when norm_obs is off
     if isinstance(rms, dict):
-        raise TypeError(
+        raise ObservationTypeError(
             "Error: a tensor observation was given but this VecNormalize normalizes the Dict "
             f"observation space {venv.observation_space}: pass a dict of tensors."
         )
     return leaf(obs, rms, venv)
 
 
-def normalize_obs(venv: Any, obs: Tensor | dict[str, Any]) -> Tensor | dict[str, Tensor]:
-    """``VecNormalize.normalize_obs`` for a tensor or a dict of tensors, on their device."""
-    return _map_obs(venv, obs, _normalize)
+#: SB3's ``VecNormalize`` methods that the obs routes restate, with the public method that calls each
+_HELPERS = {"normalize_obs": "_normalize_obs", "unnormalize_obs": "_unnormalize_obs"}
+_overrides: dict[tuple[type, str], str | None] = {}
 
 
-def unnormalize_obs(venv: Any, obs: Tensor | dict[str, Any]) -> Tensor | dict[str, Tensor]:
-    """``VecNormalize.unnormalize_obs`` for a tensor or a dict of tensors, on their device."""
-    return _map_obs(venv, obs, _unnormalize)
+def _override(venv: Any, method: str) -> str | None:
+    """The helper of ``method`` when ``type(venv)`` overrides it (it takes NumPy arrays), else ``None``."""
+    key = (type(venv), method)
+    if key not in _overrides:
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        helper = _HELPERS[method]
+        _overrides[key] = host.first_override(type(venv), {helper: (getattr(VecNormalize, helper),)})
+    return _overrides[key]
 
 
-def normalize_reward_route(options: dict[str, Any]) -> Callable[[Any, Tensor], Tensor]:
+def _obs_route(method: str, leaf: Callable[[Tensor, Any, Any], Tensor]) -> Callable[[dict[str, Any], Callable[..., Any]], Callable[..., Any]]:
+    """The route factory of ``VecNormalize.<method>`` for a tensor or a dict of tensors, on their device."""
+
+    def factory(options: dict[str, Any], original: Callable[..., Any]) -> Callable[..., Any]:
+        def route(venv: Any, obs: Tensor | dict[str, Any]) -> Any:
+            helper = _override(venv, method)
+            if helper is not None:
+                return host.round_trip(original, venv, helper, obs)
+            return _map_obs(venv, obs, leaf)
+
+        route.__doc__ = f"``VecNormalize.{method}`` for a tensor or a dict of tensors, on their device."
+        return route
+
+    return factory
+
+
+normalize_obs_route = _obs_route("normalize_obs", _normalize)
+unnormalize_obs_route = _obs_route("unnormalize_obs", _unnormalize)
+
+
+def normalize_reward_route(options: dict[str, Any], original: Callable[..., Any]) -> Callable[[Any, Tensor], Tensor]:
     """``VecNormalize.normalize_reward`` for a tensor, on its device.
 
     :param options: ``float32``: the release casts the result to float32 (SB3 >= 2.5.0); before
         that the result keeps the computation's dtype, and is the input itself when ``norm_reward``
         is off
+    :param original: SB3's method (unused: ``normalize_reward`` calls no method a subclass overrides)
     """
     cast = options.get("float32", True)
 

@@ -12,15 +12,17 @@ from typing import Any
 import torch
 
 from . import sb3
+from .errors import DictExpectedError, DictKeyError, ObservationTypeError, SizeMismatchError
 
 Tensor = torch.Tensor
 
 #: dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
-#: unsigned ones exist from torch 2.3 on
+#: unsigned ones exist from torch 2.3 on. Complex observations are SB3's too: its ``.float()`` keeps
+#: the real part (with torch's warning), on either path.
 NUMERIC_DTYPES = frozenset(
     getattr(torch, name)
     for name in (
-        "float16", "bfloat16", "float32", "float64",
+        "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
         "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool",
     )
     if hasattr(torch, name)
@@ -45,7 +47,7 @@ def _check_dtype(obs: Tensor, space: Any) -> None:
     if obs.dtype not in NUMERIC_DTYPES:
         raise TypeError(
             f"Error: Unexpected observation dtype {obs.dtype} for {space}: "
-            "expected a real-valued or integer tensor (float, int, uint8 or bool)."
+            "expected a numeric tensor (float, complex, int, uint8 or bool)."
         )
 
 
@@ -91,6 +93,9 @@ class LeafPlan:
         :raises TypeError: for a dtype SB3 cannot feed to the network
         """
         _check_dtype(obs, self.space)
+        if obs.layout != torch.strided and not obs.is_nested:
+            # sparse: SB3's path sees the dense values (``predict(obs.to_dense().numpy())``)
+            obs = obs.to_dense()
         if self.is_image:
             obs = self._maybe_transpose(obs)
         try:
@@ -148,12 +153,14 @@ class ObservationPlan:
         :param observation: a tensor, or a dict of tensors for a Dict observation space
         :return: the batched observation, whether the input was batched, and the input's device
         :raises ValueError: for shapes that fit neither single nor batched, or wrong dict keys
-        :raises TypeError: for a dict where a tensor is expected and the other way round
+            (:class:`~sb3_tensorpatch.errors.DictKeyError`, also a ``KeyError`` as in SB3)
+        :raises TypeError: for a dict where a tensor is expected and the other way round (also an
+            ``AssertionError`` or ``IndexError``, as SB3 raises)
         """
         leaf = self.leaf
         if leaf is not None:
             if not isinstance(observation, Tensor):
-                raise TypeError(
+                raise ObservationTypeError(
                     f"Error: the observation is a {type(observation).__name__} but the observation space "
                     f"is {self.space}: pass a tensor."
                 )
@@ -163,7 +170,7 @@ class ObservationPlan:
 
     def _prepare_dict(self, observation: Any) -> tuple[dict[str, Tensor], bool, torch.device]:
         if not isinstance(observation, dict):
-            raise TypeError(
+            raise DictExpectedError(
                 f"Error: the observation is a {type(observation).__name__} but the observation space "
                 f"is {self.space}: pass a dict of tensors with the keys {sorted(self.keys)}."
             )
@@ -171,7 +178,7 @@ class ObservationPlan:
         if given != self.keys:
             missing = sorted(self.keys - given)
             extra = sorted(set(given) - self.keys, key=str)
-            raise ValueError(
+            raise DictKeyError(
                 f"Error: the Dict observation has the wrong keys (missing: {missing}, unexpected: {extra}); "
                 f"the observation space expects exactly {sorted(self.keys)}."
             )
@@ -205,7 +212,7 @@ class ObservationPlan:
             if batch is None:
                 batch = value.shape[0]
             elif value.shape[0] != batch:
-                raise ValueError(
+                raise SizeMismatchError(
                     f"Error: the Dict observation's keys have different batch sizes "
                     f"({batch} and {value.shape[0]} for key {key!r})."
                 )
@@ -218,6 +225,17 @@ def batch_size(obs: Tensor | dict[str, Tensor]) -> int:
     if isinstance(obs, dict):
         return next(iter(obs.values())).shape[0]
     return obs.shape[0]
+
+
+def copy_input(obs: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+    """A copy of a prepared observation, for networks that may change their input in place.
+
+    SB3's path always hands its networks a copy of the caller's array, so an in-place op in a custom
+    features extractor never reaches the caller; the prepared tensor may share the caller's memory.
+    """
+    if isinstance(obs, dict):
+        return {key: value.clone() for key, value in obs.items()}
+    return obs.clone()
 
 
 def check_reachable(source: torch.device, target: torch.device) -> None:

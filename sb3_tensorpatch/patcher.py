@@ -150,6 +150,20 @@ def _exact_source(signature: inspect.Signature, first: str, plain: bool, namespa
     )
 
 
+def _caller(function: Any) -> Callable[..., Any]:
+    """``function`` (a class ``__dict__`` entry) as a plain function taking the instance first.
+
+    The routes call SB3's original through it when they need SB3's own path.
+    """
+    if type(function) is types.FunctionType:
+        return function  # type: ignore[no-any-return]
+
+    def call(instance: Any, *args: Any) -> Any:
+        return function.__get__(instance, type(instance))(*args)
+
+    return call
+
+
 def is_wrapper(entry: object) -> bool:
     """Return whether ``entry`` (a class ``__dict__`` value) is one of our installed wrappers."""
     record = getattr(entry, _RECORD, None)
@@ -280,7 +294,7 @@ class Patcher:
         from . import validation
         from .routes import ROUTES
 
-        routes = [ROUTES[target.row.route](target.row.options) for target in targets]
+        routes = [ROUTES[target.row.route](target.row.options, _caller(target.function)) for target in targets]
         if selection.newer:
             names = ", ".join(f"{name} {selection.versions[name]}" for name in selection.newer)
             warnings.warn(

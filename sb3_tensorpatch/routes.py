@@ -9,17 +9,16 @@ on the device. It never reads a value back to the host.
 
 from __future__ import annotations
 
-import sys
-import threading
-import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from . import normalization
+from . import host, normalization
 from .cache import CPU, PolicyPlan, cached_plan, plan_for
-from .observations import NUMERIC_DTYPES, batch_size, check_reachable, to_device
+from .errors import SizeMismatchError, StatePairError
+from .notices import warn_once
+from .observations import NUMERIC_DTYPES, batch_size, check_reachable, copy_input, to_device
 from .patcher import tensor_route
 from .validation import _local as _validation
 
@@ -29,65 +28,44 @@ Route = Callable[..., Any]
 _grad_enabled = torch.is_grad_enabled
 _set_grad = torch._C._set_grad_enabled
 
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
-
-
 def _warn_moved(source: torch.device, target: torch.device) -> None:
-    pair = (str(source), str(target))
-    if pair in _warned:
-        return
-    with _warned_lock:
-        if pair in _warned:
-            return
-        _warned.add(pair)
-    warnings.warn(
-        f"sb3-tensorpatch: the observation is on {source} but the policy is on {target}; "
-        f"moving it there and the actions back (warned once per pair of devices).",
-        UserWarning,
-        stacklevel=_caller_level(),
+    warn_once(
+        ("moved", str(source), str(target)),
+        f"the observation is on {source} but the policy is on {target}; "
+        "moving it there and the actions back (warned once per pair of devices).",
     )
 
 
-#: the packages whose frames a warning skips to reach the user's call (``model.predict`` passes
-#: through SB3's ``BaseAlgorithm.predict`` before it reaches our wrapper)
-_INTERNAL = ("sb3_tensorpatch", "stable_baselines3", "sb3_contrib")
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside this package and SB3.
-
-    The depth varies by route and by entry point (``model.predict`` or ``policy.predict``), so it
-    is counted, not fixed.
-    """
-    frame = sys._getframe(1)  # the function that will call warnings.warn
-    level = 1
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INTERNAL:
-        frame = frame.f_back
-        level += 1
-    return level
-
-
-def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torch.device, torch.device]:
-    """Validate and batch the observation, move it to the policy's device, set eval mode.
-
-    Written flat, with the plan's methods inlined for the common case (one tensor, of one
-    observation's shape or a batch of them): at batch size one these few lines are a large part of
-    the route's cost.
-    """
+def _plan(policy: Any) -> PolicyPlan:
+    """The policy's plan: the cached one while its spaces are the same objects, else a new one."""
     plan = cached_plan(id(policy))
     if plan is None or plan.observation_space is not policy.observation_space or plan.action_space is not policy.action_space:
         plan = plan_for(policy)
+    return plan
+
+
+_STRIDED = torch.strided
+
+
+def _prepare(plan: PolicyPlan, policy: Any, observation: Any) -> tuple[Any, bool, torch.device, torch.device]:
+    """Validate and batch the observation, move it to the policy's device, set eval mode.
+
+    The common case (one dense tensor, of one observation's shape or a batch of them) is decided
+    here from shapes the plan worked out once; everything else goes to the plan's full check.
+
+    :return: the observation for ``_predict``, whether the input was batched, the input's device and
+        the policy's device
+    """
     obs: Any = None
-    if observation.__class__ is Tensor and observation.dtype in NUMERIC_DTYPES and not observation.is_nested:
+    if (
+        observation.__class__ is Tensor
+        and observation.dtype in NUMERIC_DTYPES
+        and observation.layout is _STRIDED
+        and not observation.is_nested
+    ):
         shape = observation.shape
         if shape == plan.single:
-            # view() that only adds a leading 1 is valid for any strides and costs less than
-            # unsqueeze(0) at batch size one; other layouts (sparse) take unsqueeze
-            try:
-                obs = observation.view(plan.one)
-            except RuntimeError:
-                obs = observation.unsqueeze(0)
+            obs = observation.unsqueeze(0)
             vectorized = False
         elif shape[1:] == plan.single:
             obs = observation
@@ -101,10 +79,12 @@ def _prepare(policy: Any, observation: Any) -> tuple[PolicyPlan, Any, bool, torc
     if device != target:
         check_reachable(device, target)
         _warn_moved(device, target)
-        obs = to_device(obs, target)
+        obs = to_device(obs, target)  # a copy
+    elif plan.copy_input:
+        obs = copy_input(obs)
     if policy.training or any(map(plan.flag, plan.flags)):
         policy.set_training_mode(False)
-    return plan, obs, vectorized, device, target
+    return obs, vectorized, device, target
 
 
 def _finish(plan: PolicyPlan, actions: Tensor, vectorized: bool, reshape: bool, device: torch.device, target: torch.device) -> Tensor:
@@ -126,8 +106,12 @@ def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _set_grad(grad)
 
 
-def policy_route(options: dict[str, Any]) -> Route:
-    """``BasePolicy.predict`` for tensors."""
+def policy_route(options: dict[str, Any], original: Route) -> Route:
+    """``BasePolicy.predict`` for tensors.
+
+    :param options: ``reshape``: reshape the actions to the action shape first (every supported release)
+    :param original: SB3's ``predict``, for policies whose overrides need SB3's own path
+    """
     reshape = options.get("reshape", True)
 
     def predict(
@@ -137,7 +121,10 @@ def policy_route(options: dict[str, Any]) -> Route:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, Any]:
-        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        plan = _plan(policy)
+        if plan.host is not None:
+            return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
+        obs, vectorized, device, target = _prepare(plan, policy, observation)
         # _quiet and _finish inlined: this is the hottest path
         grad = _grad_enabled()
         previous = getattr(_validation, "off", False)
@@ -154,8 +141,11 @@ def policy_route(options: dict[str, Any]) -> Route:
     return predict
 
 
-def epsilon_greedy_route(options: dict[str, Any]) -> Route:
-    """``DQN.predict`` / ``QRDQN.predict`` for tensors: random actions are drawn on the device."""
+def epsilon_greedy_route(options: dict[str, Any], original: Route) -> Route:
+    """``DQN.predict`` / ``QRDQN.predict`` for tensors: random actions are drawn on the device.
+
+    :param original: SB3's ``predict``, for policies whose overrides need SB3's own path
+    """
 
     def predict(
         model: Any,
@@ -164,9 +154,12 @@ def epsilon_greedy_route(options: dict[str, Any]) -> Route:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, Any]:
+        policy = model.policy
+        plan = _plan(policy)
+        if plan.random_host is not None:
+            return host.round_trip(original, model, plan.random_host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
         # the same draw from numpy's global generator as SB3, so seeding behaves the same
         if not deterministic and np.random.rand() < model.exploration_rate:
-            plan = plan_for(model.policy)
             obs, vectorized, device = plan.obs.prepare(observation)
             check_reachable(device, plan.device())
             space = model.action_space
@@ -174,7 +167,6 @@ def epsilon_greedy_route(options: dict[str, Any]) -> Route:
             size = (batch_size(obs),) if vectorized else ()
             actions = torch.randint(start, start + int(space.n), size, device=device, dtype=torch.int64)
             return actions, state
-        policy = model.policy
         # straight to the policy's tensor route when its predict is ours (one wrapper pass, not two)
         direct = tensor_route(type(policy), "predict")
         if direct is not None:
@@ -192,8 +184,13 @@ def _mask_width(space: Any) -> int:
     return int(space.n)
 
 
-def maskable_route(options: dict[str, Any]) -> Route:
-    """``MaskableActorCriticPolicy.predict`` for tensors, with ``action_masks`` as a tensor."""
+def maskable_route(options: dict[str, Any], original: Route) -> Route:
+    """``MaskableActorCriticPolicy.predict`` for tensors, with ``action_masks`` as a tensor.
+
+    :param options: ``reshape``: reshape the actions before clipping (contrib >= 2.8.0);
+        ``returns_state``: return the given state, not ``None`` (contrib >= 2.3.0)
+    :param original: contrib's ``predict``, for policies whose overrides need SB3's own path
+    """
     reshape = options.get("reshape", True)
     returns_state = options.get("returns_state", True)
 
@@ -205,12 +202,15 @@ def maskable_route(options: dict[str, Any]) -> Route:
         deterministic: bool = False,
         action_masks: Any = None,
     ) -> tuple[Tensor, Any]:
-        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        plan = _plan(policy)
+        if plan.host is not None:
+            return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic, action_masks)  # type: ignore[no-any-return]
+        obs, vectorized, device, target = _prepare(plan, policy, observation)
         if action_masks is not None:
             masks = action_masks if isinstance(action_masks, Tensor) else torch.as_tensor(np.asarray(action_masks))
             expected = batch_size(obs) * _mask_width(policy.action_space)
             if masks.numel() != expected:
-                raise ValueError(
+                raise SizeMismatchError(
                     f"Error: Unexpected action_masks shape {tuple(masks.shape)}: expected {expected} values "
                     f"({batch_size(obs)} observation(s) x {expected // max(batch_size(obs), 1)} per observation "
                     f"for {policy.action_space})."
@@ -224,14 +224,14 @@ def maskable_route(options: dict[str, Any]) -> Route:
 
 def _check_states(state: Any, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     if not (isinstance(state, (tuple, list)) and len(state) == 2):
-        raise ValueError(
+        raise StatePairError(
             f"Error: Unexpected LSTM state {type(state).__name__}: expected a tuple (hidden, cell) of "
             f"tensors of shape {shape}."
         )
     pair = tuple(value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value)) for value in state)
     for value in pair:
         if tuple(value.shape) != shape:
-            raise ValueError(
+            raise SizeMismatchError(
                 f"Error: Unexpected LSTM state shape {tuple(value.shape)}: expected {shape} "
                 "(n_lstm_layers, n_envs, lstm_hidden_size)."
             )
@@ -276,8 +276,12 @@ def _standard_recurrent(cls: type) -> bool:
     return known
 
 
-def recurrent_route(options: dict[str, Any]) -> Route:
-    """``RecurrentActorCriticPolicy.predict`` for tensors: LSTM states in and out as tensors."""
+def recurrent_route(options: dict[str, Any], original: Route) -> Route:
+    """``RecurrentActorCriticPolicy.predict`` for tensors: LSTM states in and out as tensors.
+
+    :param options: ``reshape``: reshape the actions before clipping (contrib >= 2.8.0)
+    :param original: contrib's ``predict``, for policies whose overrides need SB3's own path
+    """
     reshape = options.get("reshape", True)
 
     def predict(
@@ -287,7 +291,10 @@ def recurrent_route(options: dict[str, Any]) -> Route:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        plan, obs, vectorized, device, target = _prepare(policy, observation)
+        plan = _plan(policy)
+        if plan.host is not None:
+            return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
+        obs, vectorized, device, target = _prepare(plan, policy, observation)
         n_envs = batch_size(obs)
         layers, _, hidden = policy.lstm_hidden_state_shape
         shape = (layers, n_envs, hidden)
@@ -302,11 +309,12 @@ def recurrent_route(options: dict[str, Any]) -> Route:
         else:
             starts = episode_start if isinstance(episode_start, Tensor) else torch.as_tensor(np.asarray(episode_start))
             if starts.numel() != n_envs:
-                raise ValueError(
+                raise SizeMismatchError(
                     f"Error: Unexpected episode_start shape {tuple(starts.shape)}: expected {n_envs} value(s), "
                     "one per environment."
                 )
-            starts = starts.to(target, torch.float32)
+            # contrib takes any shape with one value per env (a bool, (n_envs,), (1, n_envs), ...)
+            starts = starts.to(target, torch.float32).reshape(n_envs)
         actions, new_states = _quiet(_recurrent_actions, policy, obs, states, starts, deterministic)
         actions = _finish(plan, actions, vectorized, reshape, device, target)
         if device != target:
@@ -316,21 +324,23 @@ def recurrent_route(options: dict[str, Any]) -> Route:
     return predict
 
 
-def _plain(function: Route) -> Callable[[dict[str, Any]], Route]:
-    def factory(options: dict[str, Any]) -> Route:
+def _fixed(function: Callable[..., Any]) -> Callable[[dict[str, Any], Route], Route]:
+    """A route factory for a route that takes neither options nor the original."""
+
+    def factory(options: dict[str, Any], original: Route) -> Route:
         return function
 
     return factory
 
 
-#: route name (as written in the patch table) to route factory
-ROUTES: dict[str, Callable[[dict[str, Any]], Route]] = {
+#: route name (as written in the patch table) to route factory: ``factory(row options, SB3's original)``
+ROUTES: dict[str, Callable[[dict[str, Any], Route], Route]] = {
     "policy": policy_route,
     "epsilon_greedy": epsilon_greedy_route,
     "maskable": maskable_route,
     "recurrent": recurrent_route,
-    "normalize_obs": _plain(normalization.normalize_obs),
-    "unnormalize_obs": _plain(normalization.unnormalize_obs),
+    "normalize_obs": normalization.normalize_obs_route,
+    "unnormalize_obs": normalization.unnormalize_obs_route,
     "normalize_reward": normalization.normalize_reward_route,
-    "unnormalize_reward": _plain(normalization.unnormalize_reward),
+    "unnormalize_reward": _fixed(normalization.unnormalize_reward),
 }
