@@ -16,6 +16,7 @@ import functools
 import threading
 from typing import Any, Callable, TypeVar, overload
 
+from . import _state
 from .patcher import Patcher
 from .status import RowStatus, Status
 from .table import UnsupportedVersionError
@@ -36,8 +37,9 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# the one patcher of the process (importing it loads neither torch nor SB3)
-_patcher = Patcher()
+# the one patcher of the process (importing it loads neither torch nor SB3); a reload of the package
+# (importlib.reload, IPython's %autoreload) finds the same one, with what it installed
+_patcher: Patcher = _state.keep("patcher", Patcher)
 
 
 def enable() -> Status:

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import table
+from . import _state, table
 from .status import RowStatus, Status
 from .table import (
     CONTRIB,
@@ -37,7 +37,8 @@ from .table import (
     select_rows,
 )
 
-_MISSING = object()
+#: "the class had no entry": kept across a reload of this module, like everything a record holds
+_MISSING = _state.keep("patcher._MISSING", object)
 
 
 class _Record:
@@ -58,6 +59,10 @@ class _Record:
     def target(self) -> str:
         return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
 
+
+# one record class per process: the records made before a reload of this module (held by the kept
+# patcher and by the installed wrappers) must pass the checks below after it
+_Record = _state.keep("patcher._Record", lambda: _Record)  # type: ignore[misc]
 
 #: the attribute of our wrapper functions that holds their record
 _RECORD = "_sb3_tensorpatch_record"

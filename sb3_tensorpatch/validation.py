@@ -22,6 +22,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import _state
+
 
 class _Switch(threading.local):
     """The per-thread switch: ``off`` is true while this thread runs inside the tensor route.
@@ -33,7 +35,8 @@ class _Switch(threading.local):
     off = False
 
 
-_local = _Switch()
+#: the one switch of the process: the routes hold it since their import, so a reload must keep it
+_local: _Switch = _state.keep("validation._local", _Switch)
 
 
 class ValidationDefault:
