@@ -184,7 +184,8 @@ class _Token:
     generation: int
     explicit: bool
     version: int
-    thread: int
+    #: the thread whose enable()/disable() inside the scope its exit undoes (None: none is undone)
+    thread: int | None
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,15 @@ class Patcher:
             self._sync(explicit=False)
             return self.status()
 
-    def enter_scope(self) -> _Token:
+    def enter_scope(self, undo: bool = True) -> _Token:
+        """Open a scope: the patch stays installed until the scope is exited with the token returned.
+
+        :param undo: the exit undoes an :func:`enable` or :func:`disable` that this thread called
+            while the scope was open. ``False`` for the scope of a generator or coroutine: its thread
+            also runs its caller's code (and other tasks) between its steps, and their calls stand.
+        """
         with self._lock:
-            token = _Token(self._generation, self._explicit, self._version, threading.get_ident())
+            token = _Token(self._generation, self._explicit, self._version, threading.get_ident() if undo else None)
             self._scopes += 1
             try:
                 self._sync(explicit=self._explicit)
@@ -256,6 +263,7 @@ class Patcher:
             return token
 
     def exit_scope(self, token: _Token) -> None:
+        """Close the scope that ``token`` opened; any thread may close it."""
         with self._lock:
             if token.generation == self._generation:  # else disable() already closed every scope
                 self._scopes -= 1
