@@ -36,7 +36,31 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         if item.get_closest_marker("tensorpatch") is not None:
             fixturenames = getattr(item, "fixturenames", None)
             if fixturenames is not None and "tensorpatch" not in fixturenames:
-                fixturenames.insert(0, "tensorpatch")
+                fixturenames.insert(_first_argument_position(item, fixturenames), "tensorpatch")
+
+
+def _first_argument_position(item: Any, fixturenames: list[str]) -> int:
+    """Where pytest would have put ``tensorpatch`` in ``fixturenames`` as the test's first argument.
+
+    pytest sets the fixtures up in the order of ``item.fixturenames``: the higher scopes first, then,
+    within a scope, the autouse fixtures (with what they request) before the test's own requests.
+    So the marker's fixture goes after every fixture of a higher scope and after every autouse
+    fixture: one that calls ``disable()`` cannot undo it, and the test's own fixtures see the patch,
+    as with the fixture argument.
+    """
+    info = getattr(item, "_fixtureinfo", None)  # pytest's record of the item's requests
+    if info is None:
+        return len(fixturenames)  # after everything: still after every autouse fixture
+    requested = set(info.argnames)
+    for mark in item.iter_markers("usefixtures"):
+        requested.update(mark.args)
+    autouse = {name for name in info.initialnames if name not in requested}
+    position = 0
+    for index, name in enumerate(fixturenames):
+        definitions = info.name2fixturedefs.get(name)
+        if name in autouse or (definitions and definitions[-1].scope != "function"):
+            position = index + 1
+    return position
 
 
 @pytest.fixture
