@@ -43,22 +43,19 @@ def _first_argument_position(item: Any, fixturenames: list[str]) -> int:
     """Where pytest would have put ``tensorpatch`` in ``fixturenames`` as the test's first argument.
 
     pytest sets the fixtures up in the order of ``item.fixturenames``: the higher scopes first, then,
-    within a scope, the autouse fixtures (with what they request) before the test's own requests.
-    So the marker's fixture goes after every fixture of a higher scope and after every autouse
-    fixture: one that calls ``disable()`` cannot undo it, and the test's own fixtures see the patch,
-    as with the fixture argument.
+    within a scope, the autouse fixtures and those of ``usefixtures`` marks (with what they
+    request) before the test's arguments. So the marker's fixture goes after every fixture of a
+    higher scope and after every one the test does not name as an argument: one that calls
+    ``disable()`` cannot undo it, and the fixtures among the test's arguments see the patch on.
     """
     info = getattr(item, "_fixtureinfo", None)  # pytest's record of the item's requests
     if info is None:
         return len(fixturenames)  # after everything: still after every autouse fixture
-    requested = set(info.argnames)
-    for mark in item.iter_markers("usefixtures"):
-        requested.update(mark.args)
-    autouse = {name for name in info.initialnames if name not in requested}
+    before = set(info.initialnames) - set(info.argnames)  # autouse, then usefixtures
     position = 0
     for index, name in enumerate(fixturenames):
         definitions = info.name2fixturedefs.get(name)
-        if name in autouse or (definitions and definitions[-1].scope != "function"):
+        if name in before or (definitions and definitions[-1].scope != "function"):
             position = index + 1
     return position
 

@@ -308,6 +308,11 @@ def test_marker_is_set_up_after_autouse_fixtures_like_the_fixture_argument(pytes
 
 
         @pytest.fixture
+        def disabling():
+            sb3_tensorpatch.disable()
+
+
+        @pytest.fixture
         def seen_at_setup():
             # a fixture the test asks for: it sees the patch on, as after a fixture argument
             return sb3_tensorpatch.is_enabled()
@@ -350,6 +355,12 @@ def test_marker_is_set_up_after_autouse_fixtures_like_the_fixture_argument(pytes
 
 
         @pytest.mark.tensorpatch
+        @pytest.mark.usefixtures("disabling")
+        def test_3b_marker_after_usefixtures():
+            assert sb3_tensorpatch.is_enabled()
+
+
+        @pytest.mark.tensorpatch
         class TestMarkedClass:
             @pytest.fixture(autouse=True)
             def _class_patch_off(self):
@@ -364,7 +375,7 @@ def test_marker_is_set_up_after_autouse_fixtures_like_the_fixture_argument(pytes
         """
     )
     result = pytester.runpytest_subprocess(*_FAST, "-v", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     orders = json.loads((pytester.path / "orders.json").read_text())
     # the same setup order as asking for the fixture by its first argument
     assert orders["marker"] == orders["argument"]
