@@ -13,9 +13,11 @@ Only the names below are public.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
-from typing import Any, Callable, TypeVar, overload
+from typing import Any, AsyncGenerator, Callable, Generator, TypeVar, overload
 
+from . import _state
 from .patcher import Patcher
 from .status import RowStatus, Status
 from .table import UnsupportedVersionError
@@ -36,8 +38,9 @@ __all__ = [
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-# the one patcher of the process (importing it loads neither torch nor SB3)
-_patcher = Patcher()
+# the one patcher of the process (importing it loads neither torch nor SB3); a reload of the package
+# (importlib.reload, IPython's %autoreload) finds the same one, with what it installed
+_patcher: Patcher = _state.keep("patcher", Patcher)
 
 
 def enable() -> Status:
@@ -95,12 +98,79 @@ class _Scope:
         _patcher.exit_scope(token)
 
     def __call__(self, function: _F) -> _F:
+        if inspect.isgeneratorfunction(function):
+            return _scoped_generator(function)  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(function):
+            return _scoped_coroutine(function)  # type: ignore[return-value]
+        if inspect.isasyncgenfunction(function):
+            return _scoped_async_generator(function)  # type: ignore[return-value]
+
         @functools.wraps(function)
         def scoped(*args: Any, **kwargs: Any) -> Any:
             with _Scope():
                 return function(*args, **kwargs)
 
         return scoped  # type: ignore[return-value]
+
+
+# A generator's or coroutine's scope is open from its first step until it finishes, is closed or
+# raises: its token lives in its own frame (not per thread, as a ``with`` block's does), because it
+# may be resumed, closed or collected in another thread than the one that started it.
+
+
+def _scoped_generator(function: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Generator[Any, Any, Any]]:
+    @functools.wraps(function)
+    def scoped(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        token = _patcher.enter_scope(undo=False)
+        try:
+            return (yield from function(*args, **kwargs))  # delegates send(), throw() and close()
+        finally:
+            _patcher.exit_scope(token)
+
+    return scoped
+
+
+def _scoped_coroutine(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    async def scoped(*args: Any, **kwargs: Any) -> Any:
+        token = _patcher.enter_scope(undo=False)
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            _patcher.exit_scope(token)
+
+    return scoped
+
+
+def _scoped_async_generator(
+    function: Callable[..., AsyncGenerator[Any, Any]],
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    @functools.wraps(function)
+    async def scoped(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        token = _patcher.enter_scope(undo=False)
+        try:
+            inner = function(*args, **kwargs)
+            try:
+                # what ``yield from`` does for a generator (async generators have no such form):
+                # pass asend() values and athrow() exceptions on; aclose() closes the inner one
+                item = await inner.__anext__()
+                while True:
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:
+                        item = await inner.athrow(exc)
+                    else:
+                        item = await inner.asend(sent)
+            except StopAsyncIteration:
+                return
+            finally:
+                await inner.aclose()
+        finally:
+            _patcher.exit_scope(token)
+
+    return scoped
 
 
 @overload
@@ -115,6 +185,17 @@ def patched(function: _F | None = None) -> _Scope | _F:
     On exit, also when the body raises, an :func:`enable` or :func:`disable` that this thread called
     inside the scope is undone, so the state found on entry is back; one called by another thread
     stands. :func:`disable` is a hard off that closes every open scope.
+
+    A decorated generator function, ``async def`` function or async generator function opens its
+    scope when the generator or coroutine starts running (its first ``next()``, ``send()`` or
+    ``await``), keeps it open while it is suspended, and closes it when it finishes, is closed or
+    raises (an unfinished generator is closed when it is garbage collected). Two differences from a
+    ``with`` block: the scope may be closed by another thread than the one that opened it (a
+    generator resumed or collected there), and an :func:`enable` or :func:`disable` called while it
+    is open stands, because its thread runs the caller's code and other tasks between its steps and
+    those calls cannot be told from the body's own. A plain function that returns a generator or an
+    awaitable without being one of these gets a scope around its own call only, before any of the
+    returned object runs: decorate the generator or coroutine function itself.
 
     :param function: the function to decorate, when used as a bare ``@patched``
     """

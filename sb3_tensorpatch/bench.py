@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -62,20 +63,62 @@ class Result:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # each option is checked as it is parsed: a bad value is an argparse error (usage, message, exit 2)
     parser.add_argument("--device", default="cpu", help="torch device for the policies and tensors (cpu, cuda)")
-    parser.add_argument("--cases", default=None, help=f"comma-separated subset of: {', '.join(c[0] for c in CASES)}")
+    parser.add_argument(
+        "--cases", type=_cases, default=None, help=f"comma-separated subset of: {', '.join(c[0] for c in CASES)}"
+    )
     parser.add_argument(
         "--batches",
+        type=_batches,
         default=",".join(BATCHES),
-        help="comma-separated batch sizes (rows), and 'single' for one observation without the batch dim",
+        help="comma-separated batch sizes (rows, at least 1), and 'single' for one observation without the batch dim",
     )
-    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds per case and batch size")
-    parser.add_argument("--budget", type=float, default=0.01, help="target seconds per method per round")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--rounds", type=_positive_int, default=41, help="interleaved rounds per case and batch size (at least 1)")
+    parser.add_argument("--budget", type=_positive_seconds, default=0.01, help="target seconds per method per round (above 0)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (at least 1; default 1)")
     parser.add_argument("--stochastic", action="store_true", help="deterministic=False")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 rounds, batches up to 16, two cases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="FILE.png", default=None, help="also save a bar chart (needs matplotlib)")
+
+
+def _cases(text: str) -> tuple[tuple[str, str, str], ...]:
+    """``--cases``: the named cases, in the table's order; an unknown name is an error."""
+    wanted = {name.strip() for name in text.split(",")} - {""}
+    unknown = sorted(wanted - {case[0] for case in CASES})
+    if unknown or not wanted:
+        given = f"unknown case(s): {', '.join(map(repr, unknown))}" if unknown else "no case given"
+        raise argparse.ArgumentTypeError(f"{given}; choose from: {', '.join(case[0] for case in CASES)}")
+    return tuple(case for case in CASES if case[0] in wanted)
+
+
+def _batches(text: str) -> tuple[tuple[int, bool], ...]:
+    """``--batches``: :func:`_parse_batches`, its errors as argparse errors."""
+    try:
+        return _parse_batches(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}") from None
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, got {text}")
+    return value
 
 
 def _build(algorithm: str, env_id: str, device: str) -> Any:
@@ -163,11 +206,23 @@ def _label(result: Result) -> str:
 
 
 def _parse_batches(text: str) -> tuple[tuple[int, bool], ...]:
-    """``"single,1,16"`` to ``((1, True), (1, False), (16, False))``."""
+    """``"single,1,16"`` to ``((1, True), (1, False), (16, False))``.
+
+    :raises ValueError: for an item that is neither ``single`` nor a whole number of at least 1
+    """
     batches = []
     for item in text.split(","):
         item = item.strip()
-        batches.append((1, True) if item == SINGLE else (int(item), False))
+        if item == SINGLE:
+            batches.append((1, True))
+            continue
+        try:
+            rows = int(item)
+        except ValueError:
+            rows = 0
+        if rows < 1:
+            raise ValueError(f"batch sizes are whole numbers of at least 1 or {SINGLE!r}, got {item!r}")
+        batches.append((rows, False))
     return tuple(batches)
 
 
@@ -212,11 +267,9 @@ def run(args: argparse.Namespace) -> int:
         print("bench: --device cuda asked for, but CUDA is not available here", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    cases: tuple[tuple[str, str, str], ...] = CASES
-    if args.cases:
-        wanted = {name.strip() for name in args.cases.split(",")}
-        cases = tuple(case for case in CASES if case[0] in wanted)
-    batches = _parse_batches(args.batches)
+    cases: tuple[tuple[str, str, str], ...] = args.cases or CASES
+    # argparse passes a string default through the option's type too: the batches come parsed
+    batches: tuple[tuple[int, bool], ...] = args.batches
     rounds = args.rounds
     if args.quick:
         cases, batches, rounds = cases[:2], tuple(b for b in batches if b[0] <= 16) or ((1, False),), 3

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import table
+from . import _state, table
 from .status import RowStatus, Status
 from .table import (
     CONTRIB,
@@ -37,7 +37,8 @@ from .table import (
     select_rows,
 )
 
-_MISSING = object()
+#: "the class had no entry": kept across a reload of this module, like everything a record holds
+_MISSING = _state.keep("patcher._MISSING", object)
 
 
 class _Record:
@@ -58,6 +59,10 @@ class _Record:
     def target(self) -> str:
         return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
 
+
+# one record class per process: the records made before a reload of this module (held by the kept
+# patcher and by the installed wrappers) must pass the checks below after it
+_Record = _state.keep("patcher._Record", lambda: _Record)  # type: ignore[misc]
 
 #: the attribute of our wrapper functions that holds their record
 _RECORD = "_sb3_tensorpatch_record"
@@ -193,7 +198,8 @@ class _Token:
     generation: int
     explicit: bool
     version: int
-    thread: int
+    #: the thread whose enable()/disable() inside the scope its exit undoes (None: none is undone)
+    thread: int | None
 
 
 @dataclass(frozen=True)
@@ -253,9 +259,15 @@ class Patcher:
             self._sync(explicit=False)
             return self.status()
 
-    def enter_scope(self) -> _Token:
+    def enter_scope(self, undo: bool = True) -> _Token:
+        """Open a scope: the patch stays installed until the scope is exited with the token returned.
+
+        :param undo: the exit undoes an :func:`enable` or :func:`disable` that this thread called
+            while the scope was open. ``False`` for the scope of a generator or coroutine: its thread
+            also runs its caller's code (and other tasks) between its steps, and their calls stand.
+        """
         with self._lock:
-            token = _Token(self._generation, self._explicit, self._version, threading.get_ident())
+            token = _Token(self._generation, self._explicit, self._version, threading.get_ident() if undo else None)
             self._scopes += 1
             try:
                 self._sync(explicit=self._explicit)
@@ -265,6 +277,7 @@ class Patcher:
             return token
 
     def exit_scope(self, token: _Token) -> None:
+        """Close the scope that ``token`` opened; any thread may close it."""
         with self._lock:
             if token.generation == self._generation:  # else disable() already closed every scope
                 self._scopes -= 1

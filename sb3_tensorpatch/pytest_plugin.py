@@ -36,7 +36,28 @@ def pytest_collection_modifyitems(items: list[Any]) -> None:
         if item.get_closest_marker("tensorpatch") is not None:
             fixturenames = getattr(item, "fixturenames", None)
             if fixturenames is not None and "tensorpatch" not in fixturenames:
-                fixturenames.insert(0, "tensorpatch")
+                fixturenames.insert(_first_argument_position(item, fixturenames), "tensorpatch")
+
+
+def _first_argument_position(item: Any, fixturenames: list[str]) -> int:
+    """Where pytest would have put ``tensorpatch`` in ``fixturenames`` as the test's first argument.
+
+    pytest sets the fixtures up in the order of ``item.fixturenames``: the higher scopes first, then,
+    within a scope, the autouse fixtures and those of ``usefixtures`` marks (with what they
+    request) before the test's arguments. So the marker's fixture goes after every fixture of a
+    higher scope and after every one the test does not name as an argument: one that calls
+    ``disable()`` cannot undo it, and the fixtures among the test's arguments see the patch on.
+    """
+    info = getattr(item, "_fixtureinfo", None)  # pytest's record of the item's requests
+    if info is None:
+        return len(fixturenames)  # after everything: still after every autouse fixture
+    before = set(info.initialnames) - set(info.argnames)  # autouse, then usefixtures
+    position = 0
+    for index, name in enumerate(fixturenames):
+        definitions = info.name2fixturedefs.get(name)
+        if name in before or (definitions and definitions[-1].scope != "function"):
+            position = index + 1
+    return position
 
 
 @pytest.fixture

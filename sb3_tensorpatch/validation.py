@@ -11,6 +11,10 @@ instances read unless they were given ``validate_args=``) is a non-data descript
 recorded default, or ``False`` while the current thread is inside the tensor route. ``disable()``
 puts the recorded value back. If someone calls ``Distribution.set_default_validate_args`` while the
 patch is enabled, their value replaces the descriptor (they win), and ``disable()`` leaves it alone.
+
+Every distribution built anywhere in the process reads ``_validate_args`` while the patch is on
+(training too), so the read costs one attribute lookup on the per-thread switch and raises nothing:
+the switch's class attribute is the value of every thread that never entered the route.
 """
 
 from __future__ import annotations
@@ -18,7 +22,21 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-_local = threading.local()
+from . import _state
+
+
+class _Switch(threading.local):
+    """The per-thread switch: ``off`` is true while this thread runs inside the tensor route.
+
+    The routes set ``_local.off`` and read it back with ``getattr(_local, "off", False)``.
+    """
+
+    #: the value in a thread that never set its own: found on the class, so a read never raises
+    off = False
+
+
+#: the one switch of the process: the routes hold it since their import, so a reload must keep it
+_local: _Switch = _state.keep("validation._local", _Switch)
 
 
 class ValidationDefault:
@@ -33,9 +51,8 @@ class ValidationDefault:
         self.default = default
 
     def __get__(self, instance: object, owner: type | None = None) -> bool:
-        if getattr(_local, "off", False):
-            return False
-        return self.default
+        # read by every Distribution.__init__ in the process: one lookup, no exception
+        return False if _local.off else self.default
 
     def __repr__(self) -> str:
         return f"ValidationDefault({self.default!r})"
@@ -50,7 +67,7 @@ class no_validation:
     __slots__ = ("_previous",)
 
     def __enter__(self) -> None:
-        self._previous = getattr(_local, "off", False)
+        self._previous = _local.off
         _local.off = True
 
     def __exit__(self, *exc: Any) -> None:

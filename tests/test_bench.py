@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(
 
 def test_parse_batches() -> None:
     assert bench._parse_batches("single, 1,16") == ((1, True), (1, False), (16, False))
-    with pytest.raises(ValueError):
-        bench._parse_batches("one")
+    for text in ("one", "0", "1,-2"):
+        with pytest.raises(ValueError):
+            bench._parse_batches(text)
 
 
 def test_quick_json_run(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,3 +59,35 @@ def test_cuda_without_a_gpu_is_refused(capsys: pytest.CaptureFixture[str]) -> No
         pytest.skip("a GPU is present")
     assert main(["bench", "--device", "cuda", "--quick"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--cases", "PPO CartPole"], "argument --cases: unknown case(s): 'PPO CartPole'; choose from: PPO Pendulum, SAC Pendulum"),
+        (["--cases", " , "], "argument --cases: no case given; choose from: PPO Pendulum"),
+        (["--batches", "0"], "argument --batches: batch sizes are whole numbers of at least 1 or 'single', got '0'"),
+        (["--batches", "single,-4"], "argument --batches: batch sizes are whole numbers of at least 1 or 'single', got '-4'"),
+        (["--batches", "one"], "argument --batches: batch sizes are whole numbers of at least 1 or 'single', got 'one'"),
+        (["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+        (["--rounds", "1.5"], "argument --rounds: expected a whole number of at least 1, got '1.5'"),
+        (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+        (["--budget", "0"], "argument --budget: must be a finite number of seconds above 0, got 0"),
+        (["--budget", "-1"], "argument --budget: must be a finite number of seconds above 0, got -1"),
+        (["--budget", "nan"], "argument --budget: must be a finite number of seconds above 0, got nan"),
+        (["--budget", "inf"], "argument --budget: must be a finite number of seconds above 0, got inf"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", *arguments])
+    assert exit_.value.code == 2  # argparse's exit status for a usage error, before any model is built
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: python -m sb3_tensorpatch bench")
+    assert f"python -m sb3_tensorpatch bench: error: {message}" in captured.err
+
+
+def test_cases_keep_the_table_order() -> None:
+    by_name = {case[0]: case for case in bench.CASES}
+    assert bench._cases("DQN CartPole, PPO Pendulum") == (by_name["PPO Pendulum"], by_name["DQN CartPole"])

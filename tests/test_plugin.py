@@ -283,3 +283,100 @@ def test_pytest_start_up_does_not_import_torch_or_sb3(pytester: pytest.Pytester)
     assert data["sessionfinish"]["plugin"] is True
     assert {"torch", "stable_baselines3"} <= set(data["sessionfinish"]["heavy"])
 
+
+
+def test_marker_is_set_up_after_autouse_fixtures_like_the_fixture_argument(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        import sb3_tensorpatch
+
+        ORDERS = {}
+
+
+        @pytest.fixture(autouse=True)
+        def _patch_off():
+            # like many projects' conftest: every test starts with the patch off
+            sb3_tensorpatch.disable()
+            yield
+            sb3_tensorpatch.disable()
+
+
+        @pytest.fixture(scope="session")
+        def session_resource():
+            return "shared"
+
+
+        @pytest.fixture
+        def disabling():
+            sb3_tensorpatch.disable()
+
+
+        @pytest.fixture
+        def seen_at_setup():
+            # a fixture the test asks for: it sees the patch on, as after a fixture argument
+            return sb3_tensorpatch.is_enabled()
+
+
+        def pytest_sessionfinish(session):
+            import json
+
+            (session.config.rootpath / "orders.json").write_text(json.dumps(ORDERS))
+        """
+    )
+    pytester.makepyfile(
+        test_order="""
+        import pytest
+        import sb3_tensorpatch
+        from conftest import ORDERS
+
+
+        @pytest.fixture(autouse=True)
+        def _module_patch_off():
+            sb3_tensorpatch.disable()
+
+
+        @pytest.mark.tensorpatch
+        def test_1_marker(request, session_resource, seen_at_setup):
+            ORDERS["marker"] = list(request.fixturenames)
+            assert seen_at_setup
+            assert sb3_tensorpatch.is_enabled()
+
+
+        def test_2_argument(tensorpatch, request, session_resource, seen_at_setup):
+            ORDERS["argument"] = list(request.fixturenames)
+            assert seen_at_setup
+            assert sb3_tensorpatch.is_enabled()
+
+
+        @pytest.mark.tensorpatch
+        def test_3_marker_alone():
+            assert sb3_tensorpatch.is_enabled()
+
+
+        @pytest.mark.tensorpatch
+        @pytest.mark.usefixtures("disabling")
+        def test_3b_marker_after_usefixtures():
+            assert sb3_tensorpatch.is_enabled()
+
+
+        @pytest.mark.tensorpatch
+        class TestMarkedClass:
+            @pytest.fixture(autouse=True)
+            def _class_patch_off(self):
+                sb3_tensorpatch.disable()
+
+            def test_4_class_marker(self):
+                assert sb3_tensorpatch.is_enabled()
+
+
+        def test_5_after():
+            assert not sb3_tensorpatch.is_enabled()
+        """
+    )
+    result = pytester.runpytest_subprocess(*_FAST, "-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    orders = json.loads((pytester.path / "orders.json").read_text())
+    # the same setup order as asking for the fixture by its first argument
+    assert orders["marker"] == orders["argument"]
+    assert orders["marker"].index("tensorpatch") > orders["marker"].index("_module_patch_off")
