@@ -96,7 +96,7 @@ def _finish(plan: PolicyPlan, actions: Tensor, vectorized: bool, reshape: bool, 
 def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``call`` with autograd off and distribution validation off for this thread."""
     grad = _grad_enabled()
-    previous = getattr(_validation, "off", False)
+    previous = _validation.off
     _set_grad(False)
     _validation.off = True
     try:
@@ -127,7 +127,7 @@ def policy_route(options: dict[str, Any], original: Route) -> Route:
         obs, vectorized, device, target = _prepare(plan, policy, observation)
         # _quiet and _finish inlined: this is the hottest path
         grad = _grad_enabled()
-        previous = getattr(_validation, "off", False)
+        previous = _validation.off
         _set_grad(False)
         _validation.off = True
         try:

@@ -28,7 +28,7 @@ from . import _state
 class _Switch(threading.local):
     """The per-thread switch: ``off`` is true while this thread runs inside the tensor route.
 
-    The routes set ``_local.off`` and read it back with ``getattr(_local, "off", False)``.
+    The routes set ``_local.off`` and read it back as ``_local.off``.
     """
 
     #: the value in a thread that never set its own: found on the class, so a read never raises
