@@ -1,4 +1,7 @@
-"""Installs and removes the wrappers, exactly, under a lock.
+"""When and where the wrappers go: enable, disable, scopes and exact undo, under a lock.
+
+What is installed (the wrapper functions and their records) is :mod:`sb3_tensorpatch.wrappers`;
+which targets, for which releases, is :mod:`sb3_tensorpatch.table`.
 
 ``enable()`` selects the table rows that fit the installed packages, imports every target, checks
 each target's signature against its row, and only when all of them fit installs one wrapper
@@ -15,16 +18,14 @@ are counted so that one thread leaving its scope does not unpatch another's.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import threading
-import types
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from . import _state, table
+from . import table
 from .status import RowStatus, Status
 from .table import (
     CONTRIB,
@@ -36,159 +37,7 @@ from .table import (
     UnsupportedVersionError,
     select_rows,
 )
-
-#: "the class had no entry": kept across a reload of this module, like everything a record holds
-_MISSING = _state.keep("patcher._MISSING", object)
-
-
-class _Record:
-    """One installed patch: where it went, what it replaced, and whether it still routes."""
-
-    __slots__ = ("active", "name", "original", "owner", "route", "row", "wrapper")
-
-    def __init__(self, row: Row | None, owner: type, name: str, original: Any) -> None:
-        self.row = row
-        self.owner = owner
-        self.name = name
-        self.original = original
-        self.wrapper: Any = None
-        self.route: Callable[..., Any] | None = None
-        self.active = True
-
-    @property
-    def target(self) -> str:
-        return f"{self.owner.__module__}:{self.owner.__qualname__}.{self.name}"
-
-
-# one record class per process: the records made before a reload of this module (held by the kept
-# patcher and by the installed wrappers) must pass the checks below after it
-_Record = _state.keep("patcher._Record", lambda: _Record)  # type: ignore[misc]
-
-#: the attribute of our wrapper functions that holds their record
-_RECORD = "_sb3_tensorpatch_record"
-
-
-def _wrapper(function: Any, route: Callable[..., Any], first: str, record: _Record) -> Callable[..., Any]:
-    """Return the function installed in place of ``function``: tensors to ``route``, the rest to ``function``.
-
-    A plain function with the original's own parameters and defaults, so that Python binds and
-    calls it as fast as SB3's own method, and a call allocates no ``*args`` tuple or ``**kwargs``
-    dict (a wrapt ``FunctionWrapper`` costs several microseconds per call to bind and dispatch,
-    more than the whole per-call budget of the tensor route). ``functools.update_wrapper`` gives it
-    the original's name, qualified name, module and docstring, and ``__wrapped__``, through which
-    ``inspect.signature`` shows the original's parameters; bound methods pickle by name, as SB3's
-    do. A signature with other kinds of parameters than plain positional-or-keyword ones gets a
-    ``(*args, **kwargs)`` wrapper that decides the same way.
-
-    The decision is one ``isinstance`` on the observation; a dict observation goes to the route
-    when a value is a tensor. Once ``record.active`` is false (after ``disable()``, for a wrapper
-    still held somewhere) every call goes to ``function``.
-
-    :param function: the entry of the class's ``__dict__`` being replaced (SB3's function, or a
-        wrapper someone installed before ``enable()``, called through the descriptor protocol)
-    :param route: the tensor route for this target
-    :param first: the name of the observation parameter (after ``self``)
-    :param record: this patch's record
-    """
-    from torch import Tensor
-
-    from .observations import is_tensor_input
-
-    plain = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
-    namespace: dict[str, Any] = {
-        "__name__": __name__,  # its frames are ours (warnings skip them to reach the caller)
-        "_route": route, "_record": record, "_function": function, "_Tensor": Tensor, "_tensor_input": is_tensor_input,
-    }
-    source = _exact_source(inspect.signature(function), first, plain, namespace)
-    if source is not None:
-        # written from the checked signature's parameter names only; tracebacks name the target
-        exec(compile(source, f"<sb3-tensorpatch wrapper of {record.target}>", "exec"), namespace)
-        wrapper: Callable[..., Any] = namespace["wrapper"]
-    else:
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if args and record.active:
-                observation = args[1] if len(args) > 1 else kwargs.get(first)
-                if isinstance(observation, Tensor) or is_tensor_input(observation):
-                    return route(*args, **kwargs)
-            if plain:
-                return function(*args, **kwargs)
-            if not args:
-                return function(**kwargs)
-            return function.__get__(args[0], type(args[0]))(*args[1:], **kwargs)
-
-    functools.update_wrapper(wrapper, function)
-    setattr(wrapper, _RECORD, record)
-    return wrapper
-
-
-def _exact_source(signature: inspect.Signature, first: str, plain: bool, namespace: dict[str, Any]) -> str | None:
-    """The source of a wrapper with ``signature``'s parameters, or ``None`` when it cannot be written.
-
-    Defaults are the original's own objects, put in ``namespace``; names must be identifiers and
-    every parameter positional-or-keyword (SB3's ``predict`` and ``VecNormalize`` methods are).
-    """
-    names = list(signature.parameters)
-    if len(names) < 2 or names[1] != first:
-        return None
-    declared = []
-    for index, parameter in enumerate(signature.parameters.values()):
-        if (
-            parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD
-            or not parameter.name.isidentifier()
-            or parameter.name.startswith("_")  # the generated code's own names start with "_"
-            or parameter.name in ("isinstance", "type")  # ... or are these builtins
-        ):
-            return None
-        if parameter.default is inspect.Parameter.empty:
-            declared.append(parameter.name)
-        else:
-            namespace[f"_default{index}"] = parameter.default
-            declared.append(f"{parameter.name}=_default{index}")
-    arguments = ", ".join(names)
-    original = f"_function({arguments})" if plain else f"_function.__get__({names[0]}, type({names[0]}))({', '.join(names[1:])})"
-    return (
-        f"def wrapper({', '.join(declared)}):\n"
-        f"    if _record.active and (isinstance({first}, _Tensor) or _tensor_input({first})):\n"
-        f"        return _route({arguments})\n"
-        f"    return {original}\n"
-    )
-
-
-def _caller(function: Any) -> Callable[..., Any]:
-    """``function`` (a class ``__dict__`` entry) as a plain function taking the instance first.
-
-    The routes call SB3's original through it when they need SB3's own path.
-    """
-    if type(function) is types.FunctionType:
-        return function  # type: ignore[no-any-return]
-
-    def call(instance: Any, *args: Any) -> Any:
-        return function.__get__(instance, type(instance))(*args)
-
-    return call
-
-
-def is_wrapper(entry: object) -> bool:
-    """Return whether ``entry`` (a class ``__dict__`` value) is one of our installed wrappers."""
-    record = getattr(entry, _RECORD, None)
-    return isinstance(record, _Record) and record.wrapper is entry
-
-
-def tensor_route(cls: type, name: str) -> Callable[..., Any] | None:
-    """Return the tensor route that ``cls.name`` resolves to, or ``None``.
-
-    ``None`` unless the attribute found first in the MRO is one of our wrappers and still routes
-    (a wrapper someone installed on top of ours, or an override in a subclass, gives ``None``).
-    A route that calls another patched method calls the route directly when this gives one,
-    skipping a second pass through a wrapper.
-    """
-    # a function read from a class is the function itself (no binding); the MRO walk is Python's own
-    entry = getattr(cls, name, None)
-    record = getattr(entry, _RECORD, None)
-    if record.__class__ is _Record and record.wrapper is entry and record.active:
-        return record.route  # type: ignore[union-attr, no-any-return]
-    return None
+from .wrappers import MISSING, Record, caller, make_wrapper
 
 
 @dataclass(frozen=True)
@@ -230,12 +79,39 @@ def _resolve(row: Row) -> _Target:
 
 
 class Patcher:
-    """The one place that changes SB3's classes. Use the module-level functions of the package."""
+    """The one place that changes SB3's classes. Use the module-level functions of the package.
+
+    The patch is installed while ``explicit or scopes > 0``. The state, and what each event does
+    to it (every event runs under the lock and ends with :meth:`_sync`, which installs or removes
+    the patch to match):
+
+    ==============================  ============================================================
+    field                           meaning
+    ==============================  ============================================================
+    ``_explicit``                   ``enable()`` was called and no ``disable()`` since
+    ``_scopes``                     open scopes, across threads
+    ``_generation``                 count of ``disable()`` calls: a scope opened in an older
+                                    generation was already closed by ``disable()``
+    ``_version``, ``_changed_by``   count of changes of ``_explicit``, and the thread that made
+                                    the last one: a scope's exit undoes only its own thread's
+    ==============================  ============================================================
+
+    ====================  =================================================================  ==========================
+    event                 fields changed                                                     installed afterwards
+    ====================  =================================================================  ==========================
+    ``enable()``          ``_explicit = True`` (``_version``, ``_changed_by`` if it changed)  yes
+    ``disable()``         ``_generation += 1``, ``_scopes = 0``, ``_explicit = False``        no
+    scope entered         ``_scopes += 1``; the token keeps ``_generation``, ``_explicit``,   yes
+                          ``_version`` and the thread
+    scope exited          ``_scopes -= 1`` unless ``disable()`` came since (generation);      if ``explicit or scopes``
+                          ``_explicit`` back to the token's if this thread changed it inside
+    ====================  =================================================================  ==========================
+    """
 
     def __init__(self, rows: tuple[Row, ...] = ROWS) -> None:
         self._rows = rows
         self._lock = threading.RLock()
-        self._records: list[_Record] = []
+        self._records: list[Record] = []
         self._explicit = False
         self._scopes = 0
         self._generation = 0  # bumped by disable(), which closes every open scope
@@ -307,7 +183,7 @@ class Patcher:
         from . import validation
         from .routes import ROUTES
 
-        routes = [ROUTES[target.row.route](target.row.options, _caller(target.function)) for target in targets]
+        routes = [ROUTES[target.row.route](target.row.options, caller(target.function)) for target in targets]
         if selection.newer:
             names = ", ".join(f"{name} {selection.versions[name]}" for name in selection.newer)
             warnings.warn(
@@ -316,13 +192,13 @@ class Patcher:
                 UserWarning,
                 stacklevel=5,
             )
-        records: list[_Record] = []
+        records: list[Record] = []
         try:
             for target, route in zip(targets, routes):
                 name = target.row.attribute
-                record = _Record(target.row, target.owner, name, target.owner.__dict__.get(name, _MISSING))
+                record = Record(target.row, target.owner, name, target.owner.__dict__.get(name, MISSING))
                 record.route = route
-                record.wrapper = _wrapper(target.function, route, target.row.params[0], record)
+                record.wrapper = make_wrapper(target.function, route, target.row.params[0], record)
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
             records.append(self._patch_validation(validation.ValidationDefault))
@@ -334,11 +210,11 @@ class Patcher:
         self._selection = selection
 
     @staticmethod
-    def _patch_validation(descriptor: type) -> _Record:
+    def _patch_validation(descriptor: type) -> Record:
         from torch.distributions import Distribution
 
-        original = Distribution.__dict__.get("_validate_args", _MISSING)
-        record = _Record(None, Distribution, "_validate_args", original)
+        original = Distribution.__dict__.get("_validate_args", MISSING)
+        record = Record(None, Distribution, "_validate_args", original)
         default = bool(Distribution._validate_args)
         record.wrapper = descriptor(default)
         Distribution._validate_args = record.wrapper
@@ -348,7 +224,7 @@ class Patcher:
         records, self._records = self._records, []
         for record in reversed(records):
             record.active = False
-            current = record.owner.__dict__.get(record.name, _MISSING)
+            current = record.owner.__dict__.get(record.name, MISSING)
             if current is not record.wrapper:
                 if record.row is not None:
                     warnings.warn(
@@ -359,7 +235,7 @@ class Patcher:
                         stacklevel=5,
                     )
                 continue
-            if record.original is _MISSING:
+            if record.original is MISSING:
                 delattr(record.owner, record.name)
             else:
                 setattr(record.owner, record.name, record.original)

@@ -19,8 +19,8 @@ from .cache import CPU, PolicyPlan, cached_plan, plan_for
 from .errors import SizeMismatchError, StatePairError
 from .notices import warn_once
 from .observations import NUMERIC_DTYPES, batch_size, check_reachable, copy_input, to_device
-from .patcher import tensor_route
 from .validation import _local as _validation
+from .wrappers import tensor_route
 
 Tensor = torch.Tensor
 Route = Callable[..., Any]

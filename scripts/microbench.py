@@ -113,10 +113,10 @@ def case_wrapper(rounds: int, ms: float) -> None:
     original = Target.__dict__["predict"]
     with_wrapt = type("WithWrapt", (Target,), {"predict": _wrapt_wrapper(original, original)})()
     # our generator, around the same trivial method (the wrapper of BasePolicy.predict, re-bound)
-    from sb3_tensorpatch.patcher import _Record, _wrapper
+    from sb3_tensorpatch.wrappers import Record, make_wrapper
 
-    record = _Record(None, Target, "predict", original)
-    ours = type("Ours", (Target,), {"predict": _wrapper(original, original, "observation", record)})()
+    record = Record(None, Target, "predict", original)
+    ours = type("Ours", (Target,), {"predict": make_wrapper(original, original, "observation", record)})()
     bare = Target()
     obs = object()  # not a tensor: both wrappers pass the call to the original
     assert generated is not None
@@ -144,7 +144,7 @@ def _models() -> list[tuple[str, Any, torch.Tensor]]:
 
 def case_wrapper_in_context(rounds: int, ms: float) -> None:
     import sb3_tensorpatch
-    from sb3_tensorpatch.patcher import tensor_route
+    from sb3_tensorpatch.wrappers import tensor_route
 
     for name, model, obs in _models():
         sb3_tensorpatch.enable()

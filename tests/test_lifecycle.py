@@ -26,7 +26,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import patcher, table, validation
+from sb3_tensorpatch import patcher, table, validation, wrappers
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
@@ -77,7 +77,7 @@ def _assert_patched(originals: dict[str, Any]) -> None:
         if target == _VALIDATE:
             assert isinstance(entry, validation.ValidationDefault)
         else:
-            assert patcher.is_wrapper(entry), f"{target}: {type(entry)}"
+            assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
             assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
 
 
@@ -364,7 +364,7 @@ def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
 _SUBPROCESS_CHECK = """
 import numpy as np
 import torch
-from sb3_tensorpatch.patcher import is_wrapper
+from sb3_tensorpatch.wrappers import is_wrapper
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy
 from sb3_contrib import MaskablePPO
@@ -612,7 +612,7 @@ def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, o
     try:
         sb3_tensorpatch.enable()
         entry = BasePolicy.__dict__["predict"]
-        assert patcher.is_wrapper(entry)
+        assert wrappers.is_wrapper(entry)
         assert entry.__wrapped__ is foreign
         actions, _ = ppo.predict(obs, deterministic=True)  # numpy goes through the foreign wrapper
         assert isinstance(actions, np.ndarray)
@@ -682,7 +682,7 @@ def test_dqn_goes_through_a_foreign_wrapper_of_the_policy(originals: dict[str, A
     model = DQN("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
     observation = torch.zeros(4)
     sb3_tensorpatch.enable()
-    assert patcher.tensor_route(type(model.policy), "predict") is not None
+    assert wrappers.tensor_route(type(model.policy), "predict") is not None
     current = BasePolicy.predict
     calls: list[int] = []
 
@@ -692,7 +692,7 @@ def test_dqn_goes_through_a_foreign_wrapper_of_the_policy(originals: dict[str, A
 
     BasePolicy.predict = foreign  # type: ignore[method-assign]
     try:
-        assert patcher.tensor_route(type(model.policy), "predict") is None
+        assert wrappers.tensor_route(type(model.policy), "predict") is None
         actions, _ = model.predict(observation, deterministic=True)
         assert isinstance(actions, torch.Tensor)
         assert calls == [1]
@@ -716,7 +716,7 @@ def test_dqn_calls_a_policy_subclass_override(originals: dict[str, Any]) -> None
     observation = np.zeros(4, dtype=np.float32)
     expected, _ = model.predict(observation, deterministic=True)
     sb3_tensorpatch.enable()
-    assert patcher.tensor_route(CountingDQNPolicy, "predict") is None
+    assert wrappers.tensor_route(CountingDQNPolicy, "predict") is None
     actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
     assert isinstance(actions, torch.Tensor) and actions.shape == ()
     assert int(actions) == int(expected)
@@ -1085,8 +1085,8 @@ def test_wrapper_for_a_signature_it_cannot_restate(ppo: Any) -> None:
         calls.append("route")
         return "tensor"
 
-    record = patcher._Record(None, BasePolicy, "predict", original)
-    wrapper = patcher._wrapper(original, route, "observation", record)
+    record = wrappers.Record(None, BasePolicy, "predict", original)
+    wrapper = wrappers.make_wrapper(original, route, "observation", record)
     record.wrapper = wrapper
     assert wrapper.__code__.co_flags & 0x04 and wrapper.__code__.co_flags & 0x08  # *args and **kwargs
     assert wrapper(ppo.policy, np.zeros(4)) == "numpy"
@@ -1101,8 +1101,8 @@ def test_wrapper_for_a_signature_it_cannot_restate(ppo: Any) -> None:
 def test_wrapper_for_parameter_names_the_generated_code_uses(name: str) -> None:
     namespace: dict[str, Any] = {}
     exec(f"def original(self, observation, {name}=None):\n    return 'numpy'\n", namespace)
-    record = patcher._Record(None, BasePolicy, "predict", namespace["original"])
-    wrapper = patcher._wrapper(namespace["original"], lambda *args, **kwargs: "tensor", "observation", record)
+    record = wrappers.Record(None, BasePolicy, "predict", namespace["original"])
+    wrapper = wrappers.make_wrapper(namespace["original"], lambda *args, **kwargs: "tensor", "observation", record)
     record.wrapper = wrapper
     assert wrapper.__code__.co_flags & 0x04  # the (*args, **kwargs) form
     assert wrapper(None, np.zeros(2), **{name: 1}) == "numpy"

@@ -16,7 +16,7 @@ from helpers import build, sample_observations, stack
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import _state, patcher, routes, table, validation
+from sb3_tensorpatch import _state, patcher, routes, table, validation, wrappers
 
 _MISSING = object()
 
@@ -53,10 +53,12 @@ def _autoreload(module: types.ModuleType) -> None:
 RELOADS: dict[str, Callable[[], None]] = {
     "package": lambda: importlib.reload(sb3_tensorpatch),
     "patcher": lambda: importlib.reload(patcher),
+    "wrappers": lambda: importlib.reload(wrappers),
     "validation": lambda: importlib.reload(validation),
     "state": lambda: importlib.reload(_state),
     "autoreload package": lambda: _autoreload(sb3_tensorpatch),
     "autoreload patcher": lambda: _autoreload(patcher),
+    "autoreload wrappers": lambda: _autoreload(wrappers),
     "autoreload validation": lambda: _autoreload(validation),
     "all of them": lambda: [reload() for name, reload in RELOADS.items() if name != "all of them"] and None,
 }
@@ -144,7 +146,7 @@ def test_reload_keeps_a_wrapper_installed_before_it_recognised(originals: dict[s
     owner, name = _targets()["stable_baselines3.common.policies:BasePolicy.predict"]
     wrapper = owner.__dict__[name]
     importlib.reload(patcher)
-    assert patcher.is_wrapper(wrapper)
-    assert patcher.tensor_route(owner, name) is not None  # the routes' shortcut still finds it
+    assert wrappers.is_wrapper(wrapper)
+    assert wrappers.tensor_route(owner, name) is not None  # the routes' shortcut still finds it
     sb3_tensorpatch.disable()
     _assert_restored(originals)
