@@ -238,6 +238,19 @@ def test_contrib(algo: str, policy: str, obs_kind: str, act_kind: str, determini
                 _assert_no_syncs(lambda p=predict, t=tensor: p(t, deterministic=deterministic), f"{entry}, {shape}")
 
 
+@pytest.mark.parametrize("algo", ["DQN", "QRDQN"])
+def test_epsilon_greedy_exploration(algo: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the random branch draws its actions on the device
+    if algo == "QRDQN":
+        _needs(algo)
+    model = build(algo, "Box", "Discrete", "MlpPolicy")
+    monkeypatch.setattr(model, "exploration_rate", 1.0)
+    with fake_cuda_mode(), on_fake_cuda(model.policy):
+        for shape, obs in _observations("Box").items():
+            tensor = to_fake_cuda(obs)
+            _assert_no_syncs(lambda t=tensor: model.predict(t, deterministic=False), f"model.predict, {shape}")
+
+
 MASKABLE = [
     ("MlpPolicy", "Box", "Discrete"),
     ("MlpPolicy", "Box", "MultiDiscrete"),
