@@ -158,10 +158,11 @@ class SyncRecorder(TorchDispatchMode):
 
 
 class Recording(NamedTuple):
-    """What :func:`record` saw: the events and the exception the call raised, if any."""
+    """What :func:`record` saw: the events, and the call's result or the exception it raised."""
 
     events: list[Event]
     error: BaseException | None
+    result: Any = None
 
     def report(self) -> str:
         lines = [f"{len(self.events)} host sync(s):", *map(str, self.events)]
@@ -177,13 +178,12 @@ def record(call: Callable[[], Any]) -> Recording:
     mode right after it has been recorded, and the recording is what the test reports.
     """
     recorder = SyncRecorder()
-    error: BaseException | None = None
     with recorder:
         try:
-            call()
+            result = call()
         except Exception as exc:
-            error = exc
-    return Recording(recorder.events, error)
+            return Recording(recorder.events, exc)
+    return Recording(recorder.events, None, result)
 
 
 # -- the fake mode and the device guard ------------------------------------------------------------

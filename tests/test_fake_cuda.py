@@ -62,6 +62,10 @@ def _assert_no_syncs(call: Callable[[], Any], label: str) -> None:
     )
     steady = record(call)
     assert steady.error is None and not steady.events, f"{label}: {steady.report()}"
+    # and the work was done on the device: the result (actions, states, normalized values) is there
+    for value in torch.utils._pytree.tree_leaves(steady.result):
+        assert not isinstance(value, torch.Tensor) or value.device.type == "cuda", f"{label}: a result on {value.device}"
+    assert any(isinstance(value, torch.Tensor) for value in torch.utils._pytree.tree_leaves(steady.result)), label
 
 
 def _observations(obs_kind: str) -> dict[str, Any]:
