@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.distributions import Categorical
 
 from . import host, normalization
 from .cache import CPU, PolicyPlan, cached_plan, plan_for
@@ -184,6 +185,79 @@ def _mask_width(space: Any) -> int:
     return int(space.n)
 
 
+#: how the maskable route applies the masks: with contrib's own ``apply_masking`` (which uploads a
+#: constant on every call), or restated for contrib's standard classes with one sub-distribution
+#: (Discrete actions) or several (MultiDiscrete, MultiBinary)
+_CONTRIB_MASKING, _SINGLE, _MULTI = 0, 1, 2
+_mask_kinds: dict[tuple[type, type], int] = {}
+
+
+def _mask_kind(policy: Any) -> int:
+    """How to mask ``policy``'s distribution, decided once per (policy class, distribution class).
+
+    The route restates the masking only where nothing can differ from contrib's: the policy's
+    ``_predict`` and ``get_distribution`` and the distribution's ``proba_distribution`` and
+    ``apply_masking`` are contrib's own (so the sub-distributions are contrib's ``MaskableCategorical``).
+    """
+    key = (type(policy), type(policy.action_dist))
+    kind = _mask_kinds.get(key)
+    if kind is None:
+        from sb3_contrib.common.maskable import distributions
+        from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy as Base
+
+        kind = _CONTRIB_MASKING
+        if all(getattr(key[0], name) is getattr(Base, name) for name in ("_predict", "get_distribution")):
+            for cls, found in (
+                (distributions.MaskableCategoricalDistribution, _SINGLE),
+                (distributions.MaskableMultiCategoricalDistribution, _MULTI),  # MultiBinary's too
+            ):
+                if all(getattr(key[1], name) is getattr(cls, name) for name in ("proba_distribution", "apply_masking")):
+                    kind = found
+        _mask_kinds[key] = kind
+    return kind
+
+
+#: contrib's logit for a masked-out action
+_HUGE_NEG = -1e8
+
+
+def _masked_actions(
+    policy: Any, obs: Any, masks: Tensor, deterministic: bool, kind: int, constants: dict[tuple[torch.dtype, torch.device], Tensor]
+) -> Tensor:
+    """The maskable policy's ``_predict`` with ``masks`` (bool, on the policy's device), without a host sync.
+
+    contrib's ``MaskableCategorical.apply_masking`` makes its ``-1e8`` with ``th.tensor(-1e8,
+    device=...)`` for every sub-distribution on every call: a blocking host->device copy. This
+    restates it with that constant made once per (dtype, device) in ``constants`` (the same
+    expression, so the same value) and otherwise contrib's own ops in contrib's order: the masks
+    reshaped to the logits, ``torch.where(masks, original logits, constant)``, the cached ``probs``
+    dropped and ``Categorical.__init__`` run again on the masked logits. The distribution ends in the
+    state contrib leaves it in, and deterministic and sampled actions (same torch seed) are the same.
+
+    Relies on contrib's ``MaskableCategorical`` keeping the unmasked logits in ``_original_logits``
+    and the masks in ``masks``, and on ``distribution`` / ``distributions`` and ``action_dims`` of
+    its distributions, as in every release from 1.8.0 to 2.9.2 (1.8.0 recomputed ``probs`` eagerly
+    after masking, to the same values as the lazy property).
+    """
+    distribution = policy.get_distribution(obs)
+    if kind == _SINGLE:
+        parts = [distribution.distribution]
+        split: tuple[Tensor, ...] = (masks,)
+    else:
+        parts = distribution.distributions
+        split = torch.split(masks.reshape(parts[0].logits.shape[0], -1), distribution.action_dims, dim=1)
+    for part, mask in zip(parts, split):
+        logits = part.logits
+        key = (logits.dtype, logits.device)
+        huge_neg = constants.get(key)
+        if huge_neg is None:
+            huge_neg = constants[key] = torch.tensor(_HUGE_NEG, dtype=logits.dtype, device=logits.device)
+        part.masks = mask.reshape(logits.shape)
+        part.__dict__.pop("probs", None)
+        Categorical.__init__(part, logits=torch.where(part.masks, part._original_logits, huge_neg), validate_args=part._validate_args)
+    return distribution.get_actions(deterministic=deterministic)  # type: ignore[no-any-return]
+
+
 def maskable_route(options: dict[str, Any], original: Route) -> Route:
     """``MaskableActorCriticPolicy.predict`` for tensors, with ``action_masks`` as a tensor.
 
@@ -193,6 +267,8 @@ def maskable_route(options: dict[str, Any], original: Route) -> Route:
     """
     reshape = options.get("reshape", True)
     returns_state = options.get("returns_state", True)
+    # the masking constant per (dtype, device), kept as long as the patch is (see _masked_actions)
+    constants: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def predict(
         policy: Any,
@@ -206,6 +282,7 @@ def maskable_route(options: dict[str, Any], original: Route) -> Route:
         if plan.host is not None:
             return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic, action_masks)  # type: ignore[no-any-return]
         obs, vectorized, device, target = _prepare(plan, policy, observation)
+        kind = _CONTRIB_MASKING  # without masks, contrib's _predict masks nothing
         if action_masks is not None:
             masks = action_masks if isinstance(action_masks, Tensor) else torch.as_tensor(np.asarray(action_masks))
             expected = batch_size(obs) * _mask_width(policy.action_space)
@@ -215,8 +292,12 @@ def maskable_route(options: dict[str, Any], original: Route) -> Route:
                     f"({batch_size(obs)} observation(s) x {expected // max(batch_size(obs), 1)} per observation "
                     f"for {policy.action_space})."
                 )
-            action_masks = masks.to(target)
-        actions = _quiet(policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
+            action_masks = masks.to(target, torch.bool)
+            kind = _mask_kind(policy)
+        if kind == _CONTRIB_MASKING:
+            actions = _quiet(policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
+        else:
+            actions = _quiet(_masked_actions, policy, obs, action_masks, deterministic, kind, constants)
         return _finish(plan, actions, vectorized, reshape, device, target), (state if returns_state else None)
 
     return predict

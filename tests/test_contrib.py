@@ -114,6 +114,47 @@ def test_maskable_masks_as_tensors(act_kind: str) -> None:
         assert len(torch.unique(actions)) == int(row[0].sum())  # and it does sample each valid one
 
 
+def _valid_masks(act_kind: str, rows: int, seed: int) -> np.ndarray:
+    """Random masks that keep at least one valid choice for every (sub-)action of every row."""
+    space = action_space(act_kind)
+    masks = np.random.default_rng(seed).random((rows, _mask_width(space))) < 0.5
+    if act_kind == "Discrete":
+        sizes = [int(space.n)]
+    else:  # MultiDiscrete, or MultiBinary: two choices per binary action
+        sizes = [int(size) for size in space.nvec] if hasattr(space, "nvec") else [2] * int(space.n)
+    for start in np.cumsum([0, *sizes[:-1]]):
+        masks[:, start + 1] = True  # its second choice (so that a masked first choice matters)
+    return masks
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "stoch"])
+@pytest.mark.parametrize("act_kind", ["Discrete", "MultiDiscrete", "MultiBinary"])
+def test_maskable_bit_identical_with_the_same_seed(act_kind: str, deterministic: bool) -> None:
+    # the route masks the logits itself (no per-call upload of contrib's -1e8): with the same torch
+    # seed it must draw exactly the actions SB3's NumPy path draws, for a batch and for one observation
+    _needs("MaskablePPO")
+    model = build("MaskablePPO", "Box", act_kind, "MlpPolicy")
+    obs = stack(sample_observations(observation_space("Box"), 64, seed=5))
+    masks = _valid_masks(act_kind, 64, seed=6)
+    for target in (model, model.policy):
+        for observation, mask in ((obs, masks), (obs[0], masks[0])):
+            with torch.random.fork_rng():
+                torch.manual_seed(7)
+                expected, _ = target.predict(observation, action_masks=mask, deterministic=deterministic)
+                torch.manual_seed(7)
+                with sb3_tensorpatch.patched():
+                    actual, _ = target.predict(
+                        torch.as_tensor(observation), action_masks=torch.as_tensor(mask), deterministic=deterministic
+                    )
+                    if not deterministic and observation is obs:
+                        # the comparison can fail: another seed draws other actions
+                        torch.manual_seed(8)
+                        other, _ = target.predict(torch.as_tensor(observation), action_masks=torch.as_tensor(mask))
+                        assert not torch.equal(other, actual)
+            assert isinstance(actual, torch.Tensor) and actual.dtype == torch.as_tensor(expected).dtype
+            assert torch.equal(actual, torch.as_tensor(expected))
+
+
 def test_maskable_return_value_follows_the_release() -> None:
     _needs("MaskablePPO")
     model = build("MaskablePPO", "Box", "Discrete", "MlpPolicy")

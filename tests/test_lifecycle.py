@@ -26,7 +26,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import patcher, table, validation, wrappers
+from sb3_tensorpatch import table, validation, wrappers
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
