@@ -23,6 +23,22 @@ from .notices import warn_once
 Tensor = torch.Tensor
 
 
+def _numpy_twins() -> dict[torch.dtype, np.dtype[Any]]:
+    twins = {}
+    for name in ("bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+                 "float16", "float32", "float64", "complex64", "complex128"):
+        try:
+            twins[torch.from_numpy(np.zeros(0, dtype=name)).dtype] = np.dtype(name)
+        except TypeError:  # a torch without this dtype (uint16..uint64 before torch 2.3)
+            pass
+    return twins
+
+
+#: the NumPy dtype of each torch dtype that has one (a lookup: no tensor is made, so it works under
+#: any torch mode, fake tensors included)
+NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = _numpy_twins()
+
+
 def first_override(cls: type, methods: dict[str, tuple[Any, ...]]) -> str | None:
     """Return the first name in ``methods`` that ``cls`` resolves to none of SB3's own functions for it.
 

@@ -54,13 +54,6 @@ def _torch_dtype(np_dtype: np.dtype[Any]) -> torch.dtype:
         return torch.float64
 
 
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any] | None:
-    try:
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and others without a numpy twin
-        return None
-
-
 def _array(value: Any) -> np.ndarray:
     return value if type(value) is np.ndarray else np.asarray(value)
 
@@ -117,7 +110,7 @@ class _Stats:
     def _build(self, op: str, dtype: torch.dtype, scalar: bool, device: torch.device) -> _Step:
         function = _TORCH_OPS[op]
         probe_shape = () if scalar else (1,)
-        np_dtype = _numpy_dtype(dtype)
+        np_dtype = host.NUMPY_DTYPES.get(dtype)  # None: bfloat16 and others without a NumPy twin
         if np_dtype is None:
             result = torch.float64
         else:
