@@ -225,10 +225,10 @@ def _override(venv: Any, method: str) -> str | None:
     return _overrides[key]
 
 
-def _obs_route(method: str, leaf: Callable[[Tensor, Any, Any], Tensor]) -> Callable[[dict[str, Any], Callable[..., Any]], Callable[..., Any]]:
+def _obs_route(method: str, leaf: Callable[[Tensor, Any, Any], Tensor]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The route factory of ``VecNormalize.<method>`` for a tensor or a dict of tensors, on their device."""
 
-    def factory(options: dict[str, Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    def factory(original: Callable[..., Any]) -> Callable[..., Any]:
         def route(venv: Any, obs: Tensor | dict[str, Any]) -> Any:
             helper = _override(venv, method)
             if helper is not None:
@@ -245,15 +245,14 @@ normalize_obs_route = _obs_route("normalize_obs", _normalize)
 unnormalize_obs_route = _obs_route("unnormalize_obs", _unnormalize)
 
 
-def normalize_reward_route(options: dict[str, Any], original: Callable[..., Any]) -> Callable[[Any, Tensor], Tensor]:
+def normalize_reward_route(original: Callable[..., Any], *, float32: bool = True) -> Callable[[Any, Tensor], Tensor]:
     """``VecNormalize.normalize_reward`` for a tensor, on its device.
 
-    :param options: ``float32``: the release casts the result to float32 (SB3 >= 2.5.0); before
-        that the result keeps the computation's dtype, and is the input itself when ``norm_reward``
-        is off
     :param original: SB3's method (unused: ``normalize_reward`` calls no method a subclass overrides)
+    :param float32: the release casts the result to float32 (SB3 >= 2.5.0); before that the result
+        keeps the computation's dtype, and is the input itself when ``norm_reward`` is off
     """
-    cast = options.get("float32", True)
+    cast = float32
 
     def normalize_reward(venv: Any, reward: Tensor) -> Tensor:
         if venv.norm_reward:

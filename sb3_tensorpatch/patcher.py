@@ -183,7 +183,8 @@ class Patcher:
         from . import validation
         from .routes import ROUTES
 
-        routes = [ROUTES[target.row.route](target.row.options, caller(target.function)) for target in targets]
+        # the row's options are keyword-only parameters of its route's factory: a misspelt one fails here
+        routes = [ROUTES[target.row.route](caller(target.function), **target.row.options) for target in targets]
         if selection.newer:
             names = ", ".join(f"{name} {selection.versions[name]}" for name in selection.newer)
             warnings.warn(

@@ -107,13 +107,12 @@ def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _set_grad(grad)
 
 
-def policy_route(options: dict[str, Any], original: Route) -> Route:
+def policy_route(original: Route, *, reshape: bool = True) -> Route:
     """``BasePolicy.predict`` for tensors.
 
-    :param options: ``reshape``: reshape the actions to the action shape first (every supported release)
     :param original: SB3's ``predict``, for policies whose overrides need SB3's own path
+    :param reshape: reshape the actions to the action shape first (every supported release)
     """
-    reshape = options.get("reshape", True)
 
     def predict(
         policy: Any,
@@ -142,7 +141,7 @@ def policy_route(options: dict[str, Any], original: Route) -> Route:
     return predict
 
 
-def epsilon_greedy_route(options: dict[str, Any], original: Route) -> Route:
+def epsilon_greedy_route(original: Route) -> Route:
     """``DQN.predict`` / ``QRDQN.predict`` for tensors: random actions are drawn on the device.
 
     :param original: SB3's ``predict``, for policies whose overrides need SB3's own path
@@ -258,15 +257,13 @@ def _masked_actions(
     return distribution.get_actions(deterministic=deterministic)  # type: ignore[no-any-return]
 
 
-def maskable_route(options: dict[str, Any], original: Route) -> Route:
+def maskable_route(original: Route, *, reshape: bool = True, returns_state: bool = True) -> Route:
     """``MaskableActorCriticPolicy.predict`` for tensors, with ``action_masks`` as a tensor.
 
-    :param options: ``reshape``: reshape the actions before clipping (contrib >= 2.8.0);
-        ``returns_state``: return the given state, not ``None`` (contrib >= 2.3.0)
     :param original: contrib's ``predict``, for policies whose overrides need SB3's own path
+    :param reshape: reshape the actions before clipping (contrib >= 2.8.0)
+    :param returns_state: return the given state, not ``None`` (contrib >= 2.3.0)
     """
-    reshape = options.get("reshape", True)
-    returns_state = options.get("returns_state", True)
     # the masking constant per (dtype, device), kept as long as the patch is (see _masked_actions)
     constants: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
@@ -357,13 +354,12 @@ def _standard_recurrent(cls: type) -> bool:
     return known
 
 
-def recurrent_route(options: dict[str, Any], original: Route) -> Route:
+def recurrent_route(original: Route, *, reshape: bool = True) -> Route:
     """``RecurrentActorCriticPolicy.predict`` for tensors: LSTM states in and out as tensors.
 
-    :param options: ``reshape``: reshape the actions before clipping (contrib >= 2.8.0)
     :param original: contrib's ``predict``, for policies whose overrides need SB3's own path
+    :param reshape: reshape the actions before clipping (contrib >= 2.8.0)
     """
-    reshape = options.get("reshape", True)
 
     def predict(
         policy: Any,
@@ -405,17 +401,18 @@ def recurrent_route(options: dict[str, Any], original: Route) -> Route:
     return predict
 
 
-def _fixed(function: Callable[..., Any]) -> Callable[[dict[str, Any], Route], Route]:
+def _fixed(function: Callable[..., Any]) -> Callable[..., Route]:
     """A route factory for a route that takes neither options nor the original."""
 
-    def factory(options: dict[str, Any], original: Route) -> Route:
+    def factory(original: Route) -> Route:
         return function
 
     return factory
 
 
-#: route name (as written in the patch table) to route factory: ``factory(row options, SB3's original)``
-ROUTES: dict[str, Callable[[dict[str, Any], Route], Route]] = {
+#: route name (as written in the patch table) to route factory: ``factory(SB3's original, **row options)``;
+#: the options are keyword-only, so an option the factory does not know fails at ``enable()``
+ROUTES: dict[str, Callable[..., Route]] = {
     "policy": policy_route,
     "epsilon_greedy": epsilon_greedy_route,
     "maskable": maskable_route,

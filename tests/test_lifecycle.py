@@ -965,6 +965,20 @@ def test_row_whose_target_is_not_defined_in_the_class_is_refused(originals: dict
         patcher.disable()
 
 
+@pytest.mark.parametrize("options", [{"reshpae": True}, {"float32": True}], ids=["misspelt", "another-route's"])
+def test_row_with_an_option_its_route_does_not_take_is_refused(originals: dict[str, Any], options: dict[str, Any]) -> None:
+    # BasePolicy.predict's route takes only ``reshape``: a wrong option must not silently take a default
+    rows = tuple(dataclasses.replace(row, options=options) if row.target == _BASE else row for row in ROWS)
+    patcher = Patcher(rows=rows)
+    try:
+        with pytest.raises(TypeError, match="unexpected keyword argument"):
+            patcher.enable()
+        assert not patcher.is_enabled()
+        _assert_originals(originals)
+    finally:
+        patcher.disable()
+
+
 # -- distribution argument validation ---------------------------------------------------------
 
 
