@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from . import host
-from .cache import ObjectCache
 from .errors import ObservationTypeError
+from .plans import statistics
 
 Tensor = torch.Tensor
 
@@ -130,21 +130,13 @@ class _Stats:
         return convert, mean, std, function
 
 
-_stats = ObjectCache()
-
-
 def stats_for(rms: Any, epsilon: float) -> _Stats:
     """Return the cached device statistics for ``rms``, rebuilt if they changed since last time."""
-    stats: _Stats | None = _stats.get(rms)
+    stats: _Stats | None = statistics.get(rms)
     if stats is None or not stats.fresh(rms, epsilon):
-        stats = _stats.put(rms, _Stats(rms, epsilon))
+        stats = statistics.put(rms, _Stats(rms, epsilon))
     assert stats is not None
     return stats
-
-
-def clear() -> None:
-    """Drop every cached statistics tensor (``disable()`` calls this)."""
-    _stats.clear()
 
 
 def _apply(op: str, x: Tensor, rms: Any, epsilon: float) -> Tensor:

@@ -15,6 +15,7 @@ from . import sb3
 from .errors import DictExpectedError, DictKeyError, ObservationTypeError, SizeMismatchError
 
 Tensor = torch.Tensor
+_STRIDED = torch.strided
 
 #: dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
 #: unsigned ones exist from torch 2.3 on. Complex observations are SB3's too: its ``.float()`` keeps
@@ -134,7 +135,7 @@ class ObservationPlan:
     :param space: the policy's ``observation_space``
     """
 
-    __slots__ = ("keys", "leaf", "leaves", "space")
+    __slots__ = ("keys", "leaf", "leaves", "single", "space")
 
     def __init__(self, space: Any) -> None:
         self.space = space
@@ -146,6 +147,9 @@ class ObservationPlan:
             self.leaf = LeafPlan(space)
             self.keys = frozenset()
             self.leaves = ()
+        #: the shape of one observation, which needs nothing but a batch dim, and of each row of a
+        #: batch, which needs nothing (``None``: every input takes the full check)
+        self.single = self.leaf.single if self.leaf is not None else None
 
     def prepare(self, observation: Tensor | dict[str, Any]) -> tuple[Tensor | dict[str, Tensor], bool, torch.device]:
         """Validate and batch a tensor observation (or dict of them), without moving it.
@@ -157,6 +161,21 @@ class ObservationPlan:
         :raises TypeError: for a dict where a tensor is expected and the other way round (also an
             ``AssertionError`` or ``IndexError``, as SB3 raises)
         """
+        # the common case, decided from the shapes SB3's checker gave once: one dense tensor of one
+        # observation's shape, or a batch of them
+        single = self.single
+        if (
+            single is not None
+            and observation.__class__ is Tensor
+            and observation.dtype in NUMERIC_DTYPES
+            and observation.layout is _STRIDED
+            and not observation.is_nested
+        ):
+            shape = observation.shape
+            if shape == single:
+                return observation.unsqueeze(0), False, observation.device
+            if shape[1:] == single:
+                return observation, True, observation.device
         leaf = self.leaf
         if leaf is not None:
             if not isinstance(observation, Tensor):

@@ -240,10 +240,9 @@ class Patcher:
                 delattr(record.owner, record.name)
             else:
                 setattr(record.owner, record.name, record.original)
-        from . import cache, normalization
+        from . import plans
 
-        cache.clear()
-        normalization.clear()
+        plans.clear()
 
     # -- reporting ---------------------------------------------------------------------------
     def status(self, fresh: bool = True) -> Status:

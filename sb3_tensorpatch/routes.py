@@ -16,10 +16,9 @@ import torch
 from torch.distributions import Categorical
 
 from . import host, normalization
-from .cache import CPU, PolicyPlan, cached_plan, plan_for
 from .errors import SizeMismatchError, StatePairError
-from .notices import warn_once
-from .observations import NUMERIC_DTYPES, batch_size, check_reachable, copy_input, to_device
+from .observations import batch_size, check_reachable
+from .plans import PolicyPlan, plan_for
 from .validation import _local as _validation
 from .wrappers import tensor_route
 
@@ -29,68 +28,17 @@ Route = Callable[..., Any]
 _grad_enabled = torch.is_grad_enabled
 _set_grad = torch._C._set_grad_enabled
 
-def _warn_moved(source: torch.device, target: torch.device) -> None:
-    warn_once(
-        ("moved", str(source), str(target)),
-        f"the observation is on {source} but the policy is on {target}; "
-        "moving it there and the actions back (warned once per pair of devices).",
-    )
+def _finished(plan: PolicyPlan, vectorized: bool, reshape: bool, predict: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+    """``predict(*args, **kwargs)``, post-processed as SB3's ``predict`` does, on the policy's device.
 
-
-def _plan(policy: Any) -> PolicyPlan:
-    """The policy's plan: the cached one while its spaces are the same objects, else a new one."""
-    plan = cached_plan(id(policy))
-    if plan is None or plan.observation_space is not policy.observation_space or plan.action_space is not policy.action_space:
-        plan = plan_for(policy)
-    return plan
-
-
-_STRIDED = torch.strided
-
-
-def _prepare(plan: PolicyPlan, policy: Any, observation: Any) -> tuple[Any, bool, torch.device, torch.device]:
-    """Validate and batch the observation, move it to the policy's device, set eval mode.
-
-    The common case (one dense tensor, of one observation's shape or a batch of them) is decided
-    here from shapes the plan worked out once; everything else goes to the plan's full check.
-
-    :return: the observation for ``_predict``, whether the input was batched, the input's device and
-        the policy's device
+    The routes run it through :func:`_quiet`: post-processing too runs with autograd off, where each
+    op costs about half as much.
     """
-    obs: Any = None
-    if (
-        observation.__class__ is Tensor
-        and observation.dtype in NUMERIC_DTYPES
-        and observation.layout is _STRIDED
-        and not observation.is_nested
-    ):
-        shape = observation.shape
-        if shape == plan.single:
-            obs = observation.unsqueeze(0)
-            vectorized = False
-        elif shape[1:] == plan.single:
-            obs = observation
-            vectorized = True
-    if obs is None:
-        obs, vectorized, device = plan.obs.prepare(observation)
-    else:
-        device = observation.device
-    param = plan.param
-    target = CPU if param is None else param.device
-    if device != target:
-        check_reachable(device, target)
-        _warn_moved(device, target)
-        obs = to_device(obs, target)  # a copy
-    elif plan.copy_input:
-        obs = copy_input(obs)
-    if policy.training or any(map(plan.flag, plan.flags)):
-        policy.set_training_mode(False)
-    return obs, vectorized, device, target
+    return plan.actions.finish(predict(*args, **kwargs), vectorized, reshape)
 
 
-def _finish(plan: PolicyPlan, actions: Tensor, vectorized: bool, reshape: bool, device: torch.device, target: torch.device) -> Tensor:
-    """Post-process the actions on the policy's device, then move them back to the input's."""
-    actions = plan.actions.finish(actions, vectorized, reshape)
+def _back(actions: Tensor, device: torch.device, target: torch.device) -> Tensor:
+    """The actions on the input's ``device`` (they were computed on the policy's ``target``)."""
     return actions if device == target else actions.to(device)
 
 
@@ -121,22 +69,12 @@ def policy_route(original: Route, *, reshape: bool = True) -> Route:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, Any]:
-        plan = _plan(policy)
+        plan = plan_for(policy)
         if plan.host is not None:
             return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
-        obs, vectorized, device, target = _prepare(plan, policy, observation)
-        # _quiet and _finish inlined: this is the hottest path
-        grad = _grad_enabled()
-        previous = _validation.off
-        _set_grad(False)
-        _validation.off = True
-        try:
-            # post-processing too runs with autograd off, where each op costs less
-            actions = plan.actions.finish(policy._predict(obs, deterministic=deterministic), vectorized, reshape)
-        finally:
-            _validation.off = previous
-            _set_grad(grad)
-        return (actions if device == target else actions.to(device)), state
+        obs, vectorized, device, target = plan.prepare(policy, observation)
+        actions = _quiet(_finished, plan, vectorized, reshape, policy._predict, obs, deterministic=deterministic)
+        return _back(actions, device, target), state
 
     return predict
 
@@ -155,7 +93,7 @@ def epsilon_greedy_route(original: Route) -> Route:
         deterministic: bool = False,
     ) -> tuple[Tensor, Any]:
         policy = model.policy
-        plan = _plan(policy)
+        plan = plan_for(policy)
         if plan.random_host is not None:
             return host.round_trip(original, model, plan.random_host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
         # the same draw from numpy's global generator as SB3, so seeding behaves the same
@@ -275,10 +213,10 @@ def maskable_route(original: Route, *, reshape: bool = True, returns_state: bool
         deterministic: bool = False,
         action_masks: Any = None,
     ) -> tuple[Tensor, Any]:
-        plan = _plan(policy)
+        plan = plan_for(policy)
         if plan.host is not None:
             return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic, action_masks)  # type: ignore[no-any-return]
-        obs, vectorized, device, target = _prepare(plan, policy, observation)
+        obs, vectorized, device, target = plan.prepare(policy, observation)
         kind = _CONTRIB_MASKING  # without masks, contrib's _predict masks nothing
         if action_masks is not None:
             masks = action_masks if isinstance(action_masks, Tensor) else torch.as_tensor(np.asarray(action_masks))
@@ -292,10 +230,10 @@ def maskable_route(original: Route, *, reshape: bool = True, returns_state: bool
             action_masks = masks.to(target, torch.bool)
             kind = _mask_kind(policy)
         if kind == _CONTRIB_MASKING:
-            actions = _quiet(policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
+            actions = _quiet(_finished, plan, vectorized, reshape, policy._predict, obs, deterministic=deterministic, action_masks=action_masks)
         else:
-            actions = _quiet(_masked_actions, policy, obs, action_masks, deterministic, kind, constants)
-        return _finish(plan, actions, vectorized, reshape, device, target), (state if returns_state else None)
+            actions = _quiet(_finished, plan, vectorized, reshape, _masked_actions, policy, obs, action_masks, deterministic, kind, constants)
+        return _back(actions, device, target), (state if returns_state else None)
 
     return predict
 
@@ -368,10 +306,10 @@ def recurrent_route(original: Route, *, reshape: bool = True) -> Route:
         episode_start: Any = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        plan = _plan(policy)
+        plan = plan_for(policy)
         if plan.host is not None:
             return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
-        obs, vectorized, device, target = _prepare(plan, policy, observation)
+        obs, vectorized, device, target = plan.prepare(policy, observation)
         n_envs = batch_size(obs)
         layers, _, hidden = policy.lstm_hidden_state_shape
         shape = (layers, n_envs, hidden)
@@ -392,8 +330,8 @@ def recurrent_route(original: Route, *, reshape: bool = True) -> Route:
                 )
             # contrib takes any shape with one value per env (a bool, (n_envs,), (1, n_envs), ...)
             starts = starts.to(target, torch.float32).reshape(n_envs)
-        actions, new_states = _quiet(_recurrent_actions, policy, obs, states, starts, deterministic)
-        actions = _finish(plan, actions, vectorized, reshape, device, target)
+        raw, new_states = _quiet(_recurrent_actions, policy, obs, states, starts, deterministic)
+        actions = _back(_quiet(plan.actions.finish, raw, vectorized, reshape), device, target)
         if device != target:
             new_states = tuple(value.to(device) for value in new_states)
         return actions, (new_states[0], new_states[1])

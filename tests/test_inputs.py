@@ -35,8 +35,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import notices, routes, validation
-from sb3_tensorpatch.cache import plan_for
+from sb3_tensorpatch import notices, plans, routes, validation
 from sb3_tensorpatch.table import select_rows
 from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
 
@@ -157,6 +156,9 @@ def _work_spies(model: Any, key: tuple[str, ...], monkeypatch: pytest.MonkeyPatc
     if key == LSTM:  # the recurrent route runs the LSTM itself rather than through _predict
         spies.append(Spy(routes._recurrent_actions))
         monkeypatch.setattr(routes, "_recurrent_actions", spies[-1])
+    if key == MASK:  # with masks, the maskable route masks contrib's distribution itself
+        spies.append(Spy(routes._masked_actions))
+        monkeypatch.setattr(routes, "_masked_actions", spies[-1])
     if key == DQN:  # exploring draws random actions on the device
         spies.append(Spy(torch.randint))
         monkeypatch.setattr(torch, "randint", spies[-1])
@@ -751,11 +753,11 @@ def test_observation_on_another_device_is_moved_with_one_warning(
     model = _own(*key)
     target = torch.device("cpu", 0)
     # the plan finds the policy's device through one of its parameters: stand in for it
-    plan = plan_for(model.policy)
+    plan = plans.plan_for(model.policy)
     monkeypatch.setattr(plan, "param", types.SimpleNamespace(device=target))
     monkeypatch.setattr(notices, "_warned", set())
-    moves = Spy(routes.to_device)
-    monkeypatch.setattr(routes, "to_device", moves)
+    moves = Spy(plans.to_device)
+    monkeypatch.setattr(plans, "to_device", moves)
     obs, kwargs = _valid(key)
     with pytest.warns(UserWarning, match=r"observation is on cpu but the policy is on cpu:0; moving it there") as record:
         actual = model.predict(to_tensor(obs), deterministic=True, **_tensors(kwargs))

@@ -34,7 +34,7 @@ from stable_baselines3.sac.policies import SACPolicy
 
 import sb3_tensorpatch
 from sb3_tensorpatch import notices
-from sb3_tensorpatch.cache import plan_for
+from sb3_tensorpatch.plans import plan_for
 from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
 
 

@@ -12,7 +12,7 @@ import torch
 from helpers import build, observation_space, sample_observations, stack
 
 import sb3_tensorpatch
-from sb3_tensorpatch import cache
+from sb3_tensorpatch import plans
 
 
 @pytest.fixture(autouse=True)
@@ -62,13 +62,13 @@ def test_plan_is_cached_and_rebuilt_when_spaces_change() -> None:
     model = build("PPO", "Box", "Box")
     obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 2, seed=0)))
     model.predict(obs)
-    plan = cache.plan_for(model.policy)
-    assert cache.plan_for(model.policy) is plan
+    plan = plans.plan_for(model.policy)
+    assert plans.plan_for(model.policy) is plan
     assert plan.actions.bounds(torch.device("cpu"))[0] is plan.actions.bounds(torch.device("cpu"))[0]
     original = model.policy.action_space
     try:
         model.policy.action_space = type(original)(low=-0.5, high=0.5, shape=original.shape, dtype=original.dtype)
-        assert cache.plan_for(model.policy) is not plan
+        assert plans.plan_for(model.policy) is not plan
         actions, _ = model.policy.predict(obs, deterministic=False)
         assert bool((actions.abs() <= 0.5).all())
     finally:
@@ -81,16 +81,16 @@ def test_plans_do_not_keep_policies_alive() -> None:
     model.predict(torch.zeros(3))
     ref = weakref.ref(model.policy)
     key = id(model.policy)
-    assert cache._plans.get(model.policy) is not None
+    assert plans._plans.get(model.policy) is not None
     del model
     gc.collect()
     assert ref() is None
-    assert key not in cache._plans._entries
+    assert key not in plans._plans._entries
 
 
 def test_device_is_read_from_a_parameter_not_by_walking() -> None:
     model = build("SAC", "Box", "Box")
-    plan = cache.plan_for(model.policy)
+    plan = plans.plan_for(model.policy)
     assert plan.device() == model.policy.device
     assert plan.param is next(model.policy.parameters())
 
@@ -197,8 +197,8 @@ def test_eval_check_reads_a_training_property_as_an_attribute() -> None:
     model = build("PPO", "Box", "Box", seed=1)  # not the cached model: a module is added to it
     model.policy.extra = PropertyFlag()
     model.policy.set_training_mode(False)
-    plan = cache.plan_for(model.policy)
-    assert plan.flag is cache._training and plan.flags == plan.modules
+    plan = plans.plan_for(model.policy)
+    assert plan.flag is plans._training and plan.flags == plan.modules
     obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 2, seed=0)))
     model.policy.extra._mode = True
     model.predict(obs, deterministic=True)
@@ -244,7 +244,7 @@ def test_eval_check_reads_exactly_the_flags_sb3_sets(algo: str, policy_name: str
     if algorithm_class(algo) is None:
         pytest.skip(f"{algo} is not installed")
     policy = build(algo, obs_kind, act_kind, policy_name).policy
-    checked = {id(module) for module in cache.eval_modules(policy)}
+    checked = {id(module) for module in plans.eval_modules(policy)}
     assert checked == _switched_off(policy)
     if algo in {"SAC", "TD3", "DQN", "QRDQN", "TQC"}:  # CrossQ has no target networks
         assert len(checked) < len(list(policy.modules())) - 1  # target networks are left out
@@ -258,7 +258,7 @@ def test_eval_check_of_a_subclass_that_overrides_set_training_mode_reads_every_f
             self.train(mode)
 
     model = build("DQN", "Box", "Discrete", OwnMode)
-    modules = cache.eval_modules(model.policy)
+    modules = plans.eval_modules(model.policy)
     assert len(modules) == len(list(model.policy.modules())) - 1
     model.policy.q_net_target.train(True)  # SB3's predict would switch it back through OwnMode
     obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 2, seed=0)))

@@ -1,9 +1,12 @@
-"""Per-policy facts the tensor route needs on every call, worked out once.
+"""What the tensor routes work out once per object, and the one place that prepares a policy's input.
 
 A :class:`PolicyPlan` holds the observation and action plans, the parameter whose ``.device`` is
 the policy's device (reading it does not walk the parameters), and the modules whose training flag
-``set_training_mode(False)`` would change. Plans are kept outside the policy (never as attributes,
-so they never end up in a pickle) and dropped when the policy is garbage-collected.
+``set_training_mode(False)`` would change; :meth:`PolicyPlan.prepare` turns a tensor observation
+into the policy's input. :data:`statistics` holds ``VecNormalize``'s statistics as device tensors
+(see :mod:`sb3_tensorpatch.normalization`). Everything here is kept outside the objects it
+describes (never as attributes, so never in a pickle), dropped when they are garbage-collected, and
+dropped all at once by :func:`clear` when the patch is removed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 
 from . import host, sb3
 from .actions import ActionPlan
-from .observations import ObservationPlan
+from .notices import warn_once
+from .observations import ObservationPlan, check_reachable, copy_input, to_device
 
 #: the device of a policy without parameters, as SB3's ``BaseModel.device`` reports it
 CPU = torch.device("cpu")
@@ -38,7 +42,7 @@ class PolicyPlan:
 
     __slots__ = (
         "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "modules", "obs",
-        "observation_space", "one", "param", "random_host", "single",
+        "observation_space", "param", "random_host",
     )
 
     def __init__(self, policy: Any) -> None:
@@ -46,11 +50,6 @@ class PolicyPlan:
         self.action_space = policy.action_space
         self.obs = ObservationPlan(policy.observation_space)
         self.actions = ActionPlan(policy.action_space, bool(policy.squash_output))
-        #: the shape of one observation, which needs nothing but a batch dim, and of each row of a
-        #: batch, which needs nothing (``None``: ask ``obs``)
-        self.single = self.obs.leaf.single if self.obs.leaf is not None else None
-        #: ``(1, *single)``: the shape a single observation is viewed as
-        self.one: tuple[int, ...] = (1, *self.single) if self.single is not None else (1,)
         # nn.Module.to() moves parameters in place, so the first parameter keeps telling the device
         self.param: torch.nn.Parameter | None = next(iter(policy.parameters()), None)
         # the modules set_training_mode(False) sets; the policy itself is left out (the plan must
@@ -83,6 +82,31 @@ class PolicyPlan:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""
         param = self.param
         return CPU if param is None else param.device
+
+    def prepare(self, policy: Any, observation: Any) -> tuple[Any, bool, torch.device, torch.device]:
+        """Validate and batch the observation, move it to the policy's device, set eval mode.
+
+        :param policy: the policy this plan is for
+        :param observation: a tensor, or a dict of tensors
+        :return: the observation for ``_predict``, whether the input was batched, the input's device
+            and the policy's device
+        """
+        obs, vectorized, device = self.obs.prepare(observation)
+        param = self.param
+        target = CPU if param is None else param.device
+        if device != target:
+            check_reachable(device, target)
+            warn_once(
+                ("moved", str(device), str(target)),
+                f"the observation is on {device} but the policy is on {target}; "
+                "moving it there and the actions back (warned once per pair of devices).",
+            )
+            obs = to_device(obs, target)  # a copy
+        elif self.copy_input:
+            obs = copy_input(obs)
+        if policy.training or any(map(self.flag, self.flags)):
+            policy.set_training_mode(False)
+        return obs, vectorized, device, target
 
 
 #: SB3's policies whose ``set_training_mode`` forwards to named sub-networks and then sets
@@ -215,8 +239,9 @@ class ObjectCache:
 
 
 _plans = ObjectCache()
-#: the plan of a policy by ``id()``, for the routes' inlined fast lookup (``plan_for`` does the rest)
-cached_plan = _plans._entries.get
+
+#: ``VecNormalize`` statistics as device tensors, per ``RunningMeanStd`` (see :mod:`.normalization`)
+statistics = ObjectCache()
 
 
 def plan_for(policy: Any) -> PolicyPlan:
@@ -232,5 +257,6 @@ def plan_for(policy: Any) -> PolicyPlan:
 
 
 def clear() -> None:
-    """Drop every cached plan (``disable()`` calls this)."""
+    """Drop every plan and every statistics tensor (``disable()`` calls this)."""
     _plans.clear()
+    statistics.clear()
