@@ -170,6 +170,26 @@ def saturate(model: Any, amount: float) -> Any:
     return model
 
 
+def assert_same_bits(got: Any, want: Any) -> None:
+    """Assert bit-for-bit equality (the parity contract): same dtype, shape and bytes, except that a
+    NaN matches a NaN in the same place whatever its bits; ``-0.0`` does not match ``0.0``.
+
+    :param got: a tensor (read on the host) or an array
+    :param want: an array (or a number)
+    """
+    import torch
+
+    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    want = np.asarray(want)
+    assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
+    assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
+    same = got == want
+    if want.dtype.kind == "f":
+        bits = f"u{want.dtype.itemsize}"
+        same = (got.view(bits) == want.view(bits)) | (np.isnan(got) & np.isnan(want))
+    assert np.all(same), f"not bit-identical:\n  got:      {got!r}\n  expected: {want!r}"
+
+
 def sample_observations(space: Any, count: int, seed: int) -> list[Any]:
     space.seed(seed)
     return [space.sample() for _ in range(count)]
