@@ -105,20 +105,12 @@ class LeafPlan:
             if layout.copy is not None:
                 obs = torch.empty_strided(obs.shape, layout.copy, dtype=obs.dtype, device=obs.device).copy_(obs)
             return obs.as_strided(layout.size, layout.stride), layout.vectorized
-        if self.is_image:
+        if self.is_image:  # a sparse or other non-strided layout: transposed as SB3 would
             order = self._transpose_order(obs.shape)
             if order is not None:
                 obs = obs.permute(order)
-        vectorized = self._vectorized(obs)
-        if not vectorized:
-            # the checker found obs.shape == space.shape: this is reshape((-1, *shape)), cheaper
-            obs = obs.unsqueeze(0)
-        return obs, vectorized
-
-    def _vectorized(self, obs: Any) -> bool:
-        """SB3's single-vs-batched check, with SB3's message for a shape that fits neither."""
         try:
-            return self.checker(obs, self.space)
+            vectorized = self.checker(obs, self.space)
         except ValueError:
             # again with a plain tuple shape, so the message reads as SB3's does for numpy arrays
             self.checker(_Shape(tuple(obs.shape)), self.space)
@@ -130,6 +122,10 @@ class LeafPlan:
                     "pass a regular tensor."
                 ) from exc
             raise
+        if not vectorized:
+            # the checker found obs.shape == space.shape: this is reshape((-1, *shape)), cheaper
+            obs = obs.unsqueeze(0)
+        return obs, vectorized
 
     def _transpose_order(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """The axes order of SB3's ``maybe_transpose`` for an image of ``shape`` (``None``: as it is)."""
@@ -155,7 +151,8 @@ class LeafPlan:
         """
         shape = tuple(obs.shape)
         order = self._transpose_order(shape)
-        vectorized = self._vectorized(_Shape(shape if order is None else tuple(shape[axis] for axis in order)))
+        # SB3's checker on the transposed shape, with SB3's message for a shape that fits neither
+        vectorized = self.checker(_Shape(shape if order is None else tuple(shape[axis] for axis in order)), self.space)
         itemsize = obs.element_size()
         strides = obs.stride()
         if not obs.is_cpu:
