@@ -104,6 +104,8 @@ class LeafPlan:
                 layout = self._image_layout(obs, key)
             if layout.copy is not None:
                 obs = torch.empty_strided(obs.shape, layout.copy, dtype=obs.dtype, device=obs.device).copy_(obs)
+            elif layout.as_is:
+                return obs, layout.vectorized
             return obs.as_strided(layout.size, layout.stride), layout.vectorized
         if self.is_image:  # a sparse or other non-strided layout: transposed as SB3 would
             order = self._transpose_order(obs.shape)
@@ -171,12 +173,10 @@ class LeafPlan:
         if order is not None:
             stand_in = np.transpose(stand_in, order)
         stand_in = _reshape_view(stand_in, (-1, *self.shape))
-        layout = _ImageLayout(
-            tuple(stand_in.shape),
-            tuple(stride // itemsize for stride in stand_in.strides),
-            vectorized,
-            None if same_memory else copied,
-        )
+        size = tuple(stand_in.shape)
+        stride = tuple(stride // itemsize for stride in stand_in.strides)
+        as_is = same_memory and size == shape and stride == obs.stride()
+        layout = _ImageLayout(size, stride, vectorized, None if same_memory else copied, as_is)
         if len(self.layouts) >= _MAX_LAYOUTS:
             self.layouts.clear()
         # a dict assignment is atomic: concurrent first calls at worst work the layout out twice
@@ -196,15 +196,19 @@ class _ImageLayout:
     :param vectorized: whether the input was a batch
     :param copy: the strides of the copy SB3's path makes first, or ``None`` where the input's own
         memory can be viewed
+    :param as_is: whether the input itself is that tensor already (a channel-first batch, mostly)
     """
 
-    __slots__ = ("copy", "size", "stride", "vectorized")
+    __slots__ = ("as_is", "copy", "size", "stride", "vectorized")
 
-    def __init__(self, size: tuple[int, ...], stride: tuple[int, ...], vectorized: bool, copy: tuple[int, ...] | None) -> None:
+    def __init__(
+        self, size: tuple[int, ...], stride: tuple[int, ...], vectorized: bool, copy: tuple[int, ...] | None, as_is: bool
+    ) -> None:
         self.size = size
         self.stride = stride
         self.vectorized = vectorized
         self.copy = copy
+        self.as_is = as_is
 
 
 def _reshape_view(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

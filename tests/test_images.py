@@ -222,3 +222,12 @@ def test_shape_errors_still_raise_every_time() -> None:
         for _ in range(2):
             with pytest.raises(ValueError, match="Error: Unexpected observation shape"):
                 model.predict(wrong)
+
+
+def test_channel_first_batch_is_passed_as_it_is() -> None:
+    """A contiguous channel-first batch is what SB3's path makes of it already: nothing to do."""
+    model = _model(3, False, False)
+    plan = ObservationPlan(model.policy.observation_space)
+    image = _images(3, False, 5, 0)
+    prepared, vectorized, _ = plan.prepare(image)
+    assert prepared is image and vectorized
