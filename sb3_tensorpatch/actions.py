@@ -23,6 +23,10 @@ low``, instead of SB3's four (halving is exact, so ``0.5 * ((a + 1) * d)`` and `
 d)`` are the same number), and two when every ``0.5 * (high - low)`` is a power of two: then the
 product is exact and a fused multiply-add (``torch.addcmul``, which may use FMA on some devices)
 rounds only once, where numpy rounds the sum, and the results still agree bit for bit.
+
+**Signed zeros.** NumPy's clip returns the bound where an action equals it, ``torch.clamp`` the
+action: ``-0.0`` clipped to a bound of ``0.0`` is ``0.0`` for SB3. Bounds with a zero take one op
+more (see ``_clip_kind``); the others clamp in one op.
 """
 
 from __future__ import annotations
