@@ -52,7 +52,7 @@ def run(out: TextIO = sys.stdout) -> int:
     import torch
 
     print(f"  torch: {torch.__version__} (CUDA available: {torch.cuda.is_available()})", file=out)
-    print("\nparity self-check (tensor route vs NumPy path, deterministic, single and batched):", file=out)
+    print("\nparity self-check (tensor route vs NumPy path, deterministic, bit for bit, single and batched):", file=out)
     failures = 0
     rng = np.random.default_rng(0)
     for name, build in _models():

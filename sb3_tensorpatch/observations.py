@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import sb3
@@ -65,16 +66,21 @@ class LeafPlan:
     """How to prepare a tensor for one non-Dict observation space.
 
     :param space: the (sub-)space of the policy's observation space
+    :param in_dict: whether ``space`` is a key of a Dict observation space (SB3 deep-copies those
+        observations before transposing images, which can change their memory layout)
     """
 
-    __slots__ = ("checker", "is_image", "shape", "single", "space", "transposed")
+    __slots__ = ("checker", "in_dict", "is_image", "layouts", "shape", "single", "space", "transposed")
 
-    def __init__(self, space: Any) -> None:
+    def __init__(self, space: Any, in_dict: bool = False) -> None:
         self.space = space
         self.shape = tuple(space.shape)
         self.is_image = sb3.is_image_space(space)
+        self.in_dict = in_dict
         # the channel-last shape that SB3's maybe_transpose would turn into this space's shape
         self.transposed = (self.shape[1], self.shape[2], self.shape[0]) if self.is_image else None
+        #: images: the :class:`_ImageLayout` for each input (shape, strides, dtype, on CPU)
+        self.layouts: dict[tuple[Any, ...], _ImageLayout] = {}
         self.checker = sb3.vectorized_checker(space)
         # the shape SB3's checker calls a single observation, and (n, *single) a batch, asked once:
         # the routes take a tensor of either shape without calling the checker (``None`` for
@@ -97,8 +103,20 @@ class LeafPlan:
         if obs.layout != torch.strided and not obs.is_nested:
             # sparse: SB3's path sees the dense values (``predict(obs.to_dense().numpy())``)
             obs = obs.to_dense()
-        if self.is_image:
-            obs = self._maybe_transpose(obs)
+        if self.is_image and not obs.is_nested:
+            key = (obs.shape, obs.stride(), obs.dtype, obs.is_cpu)
+            layout = self.layouts.get(key)
+            if layout is None:
+                layout = self._image_layout(obs, key)
+            if layout.copy is not None:
+                obs = torch.empty_strided(obs.shape, layout.copy, dtype=obs.dtype, device=obs.device).copy_(obs)
+            elif layout.as_is:
+                return obs, layout.vectorized
+            return obs.as_strided(layout.size, layout.stride), layout.vectorized
+        if self.is_image:  # a nested tensor: transposed as SB3 would, for the checker's message
+            order = self._transpose_order(obs.shape)
+            if order is not None:
+                obs = obs.permute(order)
         try:
             vectorized = self.checker(obs, self.space)
         except ValueError:
@@ -117,16 +135,97 @@ class LeafPlan:
             obs = obs.unsqueeze(0)
         return obs, vectorized
 
-    def _maybe_transpose(self, obs: Tensor) -> Tensor:
-        # SB3's maybe_transpose: re-order channel-last images (single or batched) to channel-first
-        shape = obs.shape
+    def _transpose_order(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The axes order of SB3's ``maybe_transpose`` for an image of ``shape`` (``None``: as it is)."""
         if shape == self.shape or shape[1:] == self.shape:
-            return obs
+            return None
         if shape == self.transposed:
-            return obs.permute(2, 0, 1)
+            return (2, 0, 1)
         if shape[1:] == self.transposed:
-            return obs.permute(0, 3, 1, 2)
-        return obs
+            return (0, 3, 1, 2)
+        return None
+
+    def _image_layout(self, obs: Tensor, key: tuple[Any, ...]) -> _ImageLayout:
+        """Work out, once per input layout, the tensor SB3's NumPy path hands to the network.
+
+        PyTorch picks its convolution kernel by the input's strides, size-1 dims included, so the
+        route must give the network the very shape and strides that ``predict(obs.cpu().numpy())``
+        would: NumPy's ``transpose`` and ``reshape((-1, *shape))`` (which re-derive the strides of
+        size-1 dims by rules of their own), after ``copy.deepcopy`` for Dict observations and after
+        ``.cpu()`` for tensors on another device (both copies may re-order a non-dense layout).
+        These steps are replayed once on a stand-in array that has the input's strides and never
+        reads its memory; then each call is at most one copy (where SB3's copies change the memory
+        layout) and one ``as_strided``.
+        """
+        shape = tuple(obs.shape)
+        order = self._transpose_order(shape)
+        # SB3's checker on the transposed shape, with SB3's message for a shape that fits neither
+        vectorized = self.checker(_Shape(shape if order is None else tuple(shape[axis] for axis in order)), self.space)
+        itemsize = obs.element_size()
+        strides = obs.stride()
+        if not obs.is_cpu:
+            # the strides .cpu() gives: the same rule for every pair of devices, replayed on ``meta``
+            strides = torch.empty_strided(shape, strides, device="meta").to(device="meta", copy=True).stride()
+        stand_in = np.lib.stride_tricks.as_strided(
+            np.empty(1, dtype=f"u{itemsize}"), shape, tuple(stride * itemsize for stride in strides)
+        )
+        if self.in_dict:
+            stand_in = np.empty_like(stand_in)  # deepcopy's layout (NumPy's "K" order), unfilled
+        # the layout the network's input shares with the (possibly copied) observation's memory
+        copied = tuple(stride // itemsize for stride in stand_in.strides)
+        same_memory = any(size == 0 for size in shape) or all(
+            size == 1 or mine == theirs for size, mine, theirs in zip(shape, obs.stride(), copied)
+        )
+        if order is not None:
+            stand_in = np.transpose(stand_in, order)
+        stand_in = _reshape_view(stand_in, (-1, *self.shape))
+        size = tuple(stand_in.shape)
+        stride = tuple(stride // itemsize for stride in stand_in.strides)
+        as_is = same_memory and size == shape and stride == obs.stride()
+        layout = _ImageLayout(size, stride, vectorized, None if same_memory else copied, as_is)
+        if len(self.layouts) >= _MAX_LAYOUTS:
+            self.layouts.clear()
+        # a dict assignment is atomic: concurrent first calls at worst work the layout out twice
+        self.layouts[key] = layout
+        return layout
+
+
+#: layouts kept per image leaf; a program sees a few (one per batch size), more means churn
+_MAX_LAYOUTS = 64
+
+
+class _ImageLayout:
+    """The network input SB3's NumPy path makes of one image input layout (see ``_image_layout``).
+
+    :param size: the batched, channel-first shape
+    :param stride: its strides, as NumPy's transpose and reshape leave them
+    :param vectorized: whether the input was a batch
+    :param copy: the strides of the copy SB3's path makes first, or ``None`` where the input's own
+        memory can be viewed
+    :param as_is: whether the input itself is that tensor already (a channel-first batch, mostly)
+    """
+
+    __slots__ = ("as_is", "copy", "size", "stride", "vectorized")
+
+    def __init__(
+        self, size: tuple[int, ...], stride: tuple[int, ...], vectorized: bool, copy: tuple[int, ...] | None, as_is: bool
+    ) -> None:
+        self.size = size
+        self.stride = stride
+        self.vectorized = vectorized
+        self.copy = copy
+        self.as_is = as_is
+
+
+def _reshape_view(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array.reshape(shape)`` that must not copy: the stand-in arrays have no memory to read.
+
+    Adding a leading 1 or keeping the shape never needs a copy; NumPy >= 2.1 is asked to make sure.
+    """
+    try:
+        return np.reshape(array, shape, copy=False)  # type: ignore[call-arg,unused-ignore]
+    except TypeError:  # pragma: no cover - NumPy < 2.1 has no ``copy``
+        return array.reshape(shape)
 
 
 class ObservationPlan:
@@ -142,7 +241,7 @@ class ObservationPlan:
         if isinstance(space, sb3.spaces.Dict):
             self.leaf = None
             self.keys = frozenset(space.spaces)
-            self.leaves = tuple((key, LeafPlan(sub)) for key, sub in space.spaces.items())
+            self.leaves = tuple((key, LeafPlan(sub, in_dict=True)) for key, sub in space.spaces.items())
         else:
             self.leaf = LeafPlan(space)
             self.keys = frozenset()

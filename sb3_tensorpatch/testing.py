@@ -37,7 +37,22 @@ def _numpy_dtype_of(tensor: torch.Tensor) -> np.dtype[Any]:
     return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
-def _compare(what: str, expected: Any, actual: Any, device: torch.device, atol: float, values: bool) -> list[str]:
+def _same_values(got: np.ndarray, expected: np.ndarray, atol: float | None) -> np.ndarray:
+    """Elementwise agreement: bit for bit when ``atol`` is ``None``, else within ``atol``.
+
+    Bit for bit means the same bytes, so ``-0.0`` and ``0.0`` differ (they behave differently in
+    later arithmetic, ``1 / x`` for one). NaN is the exception: a NaN matches a NaN in the same
+    place whatever its sign and payload bits, which neither NumPy nor PyTorch keeps stable.
+    """
+    if atol is not None:
+        return np.asarray(np.isclose(got, expected, atol=atol, rtol=0, equal_nan=True))
+    if expected.dtype.kind == "f":
+        bits = np.dtype(f"u{expected.dtype.itemsize}")
+        return np.asarray((got.view(bits) == expected.view(bits)) | (np.isnan(got) & np.isnan(expected)))
+    return np.asarray(got == expected)
+
+
+def _compare(what: str, expected: Any, actual: Any, device: torch.device, atol: float | None, values: bool) -> list[str]:
     """Return the differences between a numpy result and a tensor result."""
     if expected is None or actual is None:
         return [] if expected is None and actual is None else [f"{what}: NumPy path gave {expected!r}, tensor route gave {actual!r}"]
@@ -60,10 +75,14 @@ def _compare(what: str, expected: Any, actual: Any, device: torch.device, atol: 
         problems.append(f"{what}: dtype {actual.dtype}, NumPy path gives {expected.dtype}")
     if values and not problems:
         got = actual.detach().cpu().numpy()
-        if not np.allclose(got, expected, atol=atol, rtol=0, equal_nan=True):
-            worst = np.nanmax(np.abs(got.astype(np.float64) - expected.astype(np.float64))) if got.size else 0.0
+        same = _same_values(got, expected, atol)
+        if not same.all():
+            with np.errstate(all="ignore"):
+                worst = np.nanmax(np.abs(got.astype(np.float64) - expected.astype(np.float64)), initial=0.0)
+            bound = "not bit-identical" if atol is None else f"> {atol:g}"
             problems.append(
-                f"{what}: values differ (max abs difference {worst:.3g} > {atol:g})\n"
+                f"{what}: values differ in {int(same.size - same.sum())} of {same.size} element(s) "
+                f"(max abs difference {worst:.3g}, {bound})\n"
                 f"    NumPy path:   {np.array2string(expected, threshold=12)}\n"
                 f"    tensor route: {np.array2string(got, threshold=12)}"
             )
@@ -81,7 +100,7 @@ def assert_predict_parity(
     *,
     deterministic: bool = True,
     device: str | torch.device = "cpu",
-    atol: float = 1e-5,
+    atol: float | None = None,
     state: Any = None,
     episode_start: Any = None,
     action_masks: Any = None,
@@ -100,7 +119,10 @@ def assert_predict_parity(
     :param observations: a list of observations, or one observation (an array or a dict)
     :param deterministic: passed to ``predict``
     :param device: the device the tensor observations are put on
-    :param atol: absolute tolerance for the values
+    :param atol: absolute tolerance for the values; ``None`` (the default) asks for the same bits
+        (NaN matches NaN, ``-0.0`` does not match ``0.0``). Deterministic SB3 prediction is
+        reproducible, so the route owes the very same numbers; pass a tolerance only for a policy
+        of your own whose forward pass is not deterministic (some GPU kernels)
     :param state: recurrent state passed to both calls (numpy; converted for the tensor call)
     :param episode_start: passed to both calls (numpy; converted for the tensor call)
     :param action_masks: passed to both calls (numpy; converted for the tensor call), maskable only

@@ -85,6 +85,9 @@ def action_space(kind: str) -> Any:
     if kind == "BoxPow2":
         # every half-range a power of two (2, 1, 4): unscaling takes its two-op path
         return spaces.Box(low=np.array([-2.0, 0.5, -3.0], dtype=np.float32), high=np.array([2.0, 2.5, 5.0], dtype=np.float32))
+    if kind == "BoxInt":
+        # integer bounds: NumPy's promotion makes SB3's clipped and unscaled actions float64
+        return spaces.Box(low=np.array([-2, 0], dtype=np.int64), high=np.array([2, 5], dtype=np.int64), dtype=np.int64)
     if kind == "Discrete":
         return spaces.Discrete(4)
     if kind == "MultiDiscrete":
@@ -95,12 +98,13 @@ def action_space(kind: str) -> Any:
 
 
 OBS_KINDS = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Dict", "ImageLast", "ImageFirst")
+#: SB3 builds every Box-action algorithm with integer bounds too (none refuses them)
 ACTIONS = {
-    "PPO": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
-    "A2C": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
-    "SAC": ("Box", "BoxPow2"),
-    "TD3": ("Box", "BoxPow2"),
-    "DDPG": ("Box", "BoxPow2"),
+    "PPO": ("Box", "BoxInt", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "A2C": ("Box", "BoxInt", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "SAC": ("Box", "BoxPow2", "BoxInt"),
+    "TD3": ("Box", "BoxPow2", "BoxInt"),
+    "DDPG": ("Box", "BoxPow2", "BoxInt"),
     "DQN": ("Discrete",),
 }
 OFF_POLICY = {"SAC", "TD3", "DDPG", "DQN", "QRDQN", "TQC", "CrossQ"}
@@ -142,6 +146,48 @@ def build(algo: str, obs_kind: str, act_kind: str, policy: str | None = None, **
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return cls(policy or policy_name(obs_kind), env, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def saturate(model: Any, amount: float) -> Any:
+    """A copy of the model whose first two Box action outputs are pushed to ``amount`` and ``-amount``
+    (far outside [-1, 1] for a large ``amount``: the NumPy path then clips or unscales to the bounds)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    policy = model.policy
+    if hasattr(policy, "action_net"):  # PPO / A2C: the Gaussian mean
+        layer = policy.action_net
+    elif hasattr(policy.actor, "mu") and isinstance(policy.actor.mu, torch.nn.Linear):  # SAC
+        layer = policy.actor.mu
+    else:  # TD3 / DDPG: mu is Sequential(..., Linear, Tanh)
+        layer = [module for module in policy.actor.mu if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        layer.bias.fill_(0.0)
+        layer.bias[0] = amount
+        layer.bias[1] = -amount
+    return model
+
+
+def assert_same_bits(got: Any, want: Any) -> None:
+    """Assert bit-for-bit equality (the parity contract): same dtype, shape and bytes, except that a
+    NaN matches a NaN in the same place whatever its bits; ``-0.0`` does not match ``0.0``.
+
+    :param got: a tensor (read on the host) or an array
+    :param want: an array (or a number)
+    """
+    import torch
+
+    got = got.detach().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    want = np.asarray(want)
+    assert got.dtype == want.dtype, f"dtype {got.dtype}, expected {want.dtype}"
+    assert got.shape == want.shape, f"shape {got.shape}, expected {want.shape}"
+    same = got == want
+    if want.dtype.kind == "f":
+        bits = f"u{want.dtype.itemsize}"
+        same = (got.view(bits) == want.view(bits)) | (np.isnan(got) & np.isnan(want))
+    assert np.all(same), f"not bit-identical:\n  got:      {got!r}\n  expected: {want!r}"
 
 
 def sample_observations(space: Any, count: int, seed: int) -> list[Any]:

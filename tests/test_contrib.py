@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import action_space, algorithm_class, build, observation_space, sample_observations, stack
+from helpers import (
+    action_space,
+    algorithm_class,
+    assert_same_bits,
+    build,
+    observation_space,
+    sample_observations,
+    stack,
+)
 
 import sb3_tensorpatch
 from sb3_tensorpatch.routes import _mask_width
@@ -184,12 +192,12 @@ def test_recurrent_two_steps_with_states_and_episode_starts(policy: str, obs_kin
     for expected, actual in ((a1, t1), (a2, t2), (s1[0], ts1[0]), (s1[1], ts1[1]), (s2[0], ts2[0]), (s2[1], ts2[1])):
         assert isinstance(actual, torch.Tensor)
         assert tuple(actual.shape) == expected.shape
-        np.testing.assert_allclose(actual.numpy(), expected, atol=1e-5, rtol=0)
+        assert_same_bits(actual, expected)
     assert ts1[0].dtype == torch.float32
     # the states carry over: env 0 continued its episode, env 1 started a new one
     _, fresh = model.predict(second, deterministic=True)
     assert not np.allclose(fresh[0][:, 0], s2[0][:, 0])
-    np.testing.assert_allclose(fresh[0][:, 1], s2[0][:, 1], atol=1e-6)
+    assert_same_bits(fresh[0][:, 1], s2[0][:, 1])
 
 
 def test_recurrent_single_observation_keeps_state_layout() -> None:
@@ -201,4 +209,4 @@ def test_recurrent_single_observation_keeps_state_layout() -> None:
         t_actions, t_states = model.predict(torch.as_tensor(obs), deterministic=True)
     assert tuple(t_actions.shape) == actions.shape
     assert tuple(t_states[0].shape) == states[0].shape == (1, 1, 8)
-    np.testing.assert_allclose(t_states[1].numpy(), states[1], atol=1e-6)
+    assert_same_bits(t_states[1], states[1])

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from helpers import build, observation_space, sample_observations, sb3_contrib, stack
+from helpers import assert_same_bits, build, observation_space, sample_observations, sb3_contrib, stack
 from stable_baselines3.common.policies import BasePolicy
 from torch.distributions import Distribution
 
@@ -117,24 +117,24 @@ def _numpy_dtype(tensor: torch.Tensor) -> np.dtype[Any]:
     return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
-def _same_array(got: Any, want: Any, atol: float = 1e-5) -> None:
+def _same_array(got: Any, want: Any) -> None:
     want = np.asarray(want)
     assert isinstance(got, torch.Tensor), f"expected a tensor, got {type(got).__name__}"
     assert got.device.type == "cpu"
     assert tuple(got.shape) == want.shape, f"shape {tuple(got.shape)}, NumPy path gives {want.shape}"
     assert _numpy_dtype(got) == want.dtype, f"dtype {got.dtype}, NumPy path gives {want.dtype}"
-    np.testing.assert_allclose(got.numpy(), want, atol=atol, rtol=0)
+    assert_same_bits(got, want)
 
 
-def _assert_same(actual: tuple[Any, Any], expected: tuple[Any, Any], atol: float = 1e-5) -> None:
+def _assert_same(actual: tuple[Any, Any], expected: tuple[Any, Any]) -> None:
     """``predict`` results: tensor actions (and LSTM states) equal to the NumPy path's."""
-    _same_array(actual[0], expected[0], atol)
+    _same_array(actual[0], expected[0])
     if expected[1] is None:
         assert actual[1] is None
     else:
         assert len(actual[1]) == len(expected[1])
         for got, want in zip(actual[1], expected[1]):
-            _same_array(got, want, atol)
+            _same_array(got, want)
 
 
 class Spy:
@@ -480,7 +480,9 @@ def test_nan_rows_stay_in_their_rows() -> None:
     )
     assert torch.isnan(actions[1]).all()
     clean = [0, 2, 3]
-    _same_array(actions[clean], model.predict(obs[clean], deterministic=True)[0])
+    # against the clean batch of the same size: a batch of another size may take another matmul
+    # kernel, whose last bits differ; each row's result does not depend on the other rows' values
+    _same_array(actions[clean], model.predict(obs, deterministic=True)[0][clean])
 
 
 @pytest.mark.parametrize("act", ["Discrete", "MultiDiscrete"])
@@ -865,7 +867,7 @@ def _verdict(actions: Any, state: Any, job: Job) -> str:
             actions.device == want.device
             and actions.shape == want.shape
             and actions.dtype == want.dtype
-            and torch.allclose(actions, want, atol=1e-6, rtol=0)
+            and torch.equal(actions, want)
         )
         return "tensor" if ok else "wrong"
     if isinstance(actions, np.ndarray):
@@ -873,7 +875,7 @@ def _verdict(actions: Any, state: Any, job: Job) -> str:
         ok = (
             actions.shape == want_np.shape
             and actions.dtype == want_np.dtype
-            and np.allclose(actions, want_np, atol=1e-6, rtol=0)
+            and np.array_equal(actions, want_np)
         )
         return "numpy" if ok else "wrong"
     return "wrong"

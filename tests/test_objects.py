@@ -27,7 +27,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import torch
-from helpers import build, gym, observation_space, sample_observations, sb3_contrib, stack
+from helpers import assert_same_bits, build, gym, observation_space, sample_observations, sb3_contrib, stack
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import SubprocVecEnv
@@ -108,11 +108,11 @@ def _assert_numpy_equal(result: tuple[Any, Any], expected: tuple[Any, Any]) -> N
 def _assert_tensor_equal(result: tuple[Any, Any], expected: tuple[Any, Any]) -> None:
     assert isinstance(result[0], torch.Tensor)
     assert result[0].dtype == torch.from_numpy(expected[0]).dtype
-    np.testing.assert_allclose(result[0].numpy(), expected[0], atol=1e-6, rtol=0)
+    assert_same_bits(result[0], expected[0])
     if expected[1] is not None:
         for got, want in zip(result[1], expected[1]):
             assert isinstance(got, torch.Tensor)
-            np.testing.assert_allclose(got.numpy(), want, atol=1e-6, rtol=0)
+            assert_same_bits(got, want)
 
 
 # -- save / load ------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_fork_child_inherits_the_patch(how: str) -> None:
             result = run()
     assert result["enabled"] is True
     assert result["type"] == "Tensor"
-    np.testing.assert_allclose(np.array(result["actions"], dtype=np.float32), expected[0], atol=1e-6, rtol=0)
+    assert_same_bits(np.array(result["actions"], dtype=np.float32), expected[0])
     assert result["enabled_after_disable"] is False
     assert result["type_after_disable"] == "ndarray"
 
@@ -403,5 +403,5 @@ def test_spawn_child_is_not_patched_until_it_enables() -> None:
     assert result["type_before"] == "ndarray"  # a tensor went to SB3's NumPy path
     assert result["enabled_after"] is True
     assert result["type_after"] == "Tensor"
-    np.testing.assert_allclose(np.array(result["actions"], dtype=np.float32), expected[0], atol=1e-6, rtol=0)
+    assert_same_bits(np.array(result["actions"], dtype=np.float32), expected[0])
     assert sb3_tensorpatch.is_enabled()

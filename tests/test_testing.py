@@ -205,9 +205,66 @@ def test_catches_missing_clip_or_unscale(monkeypatch: pytest.MonkeyPatch, algo: 
         assert_predict_parity(model, observations)
     message = _message(excinfo)
     assert message.startswith(f"predict parity failed for {algo}:")
-    assert "observation #0 actions: values differ (max abs difference" in message
+    # PPO's unclipped actions differ where they lie outside the bounds, SAC's everywhere
+    assert re.search(r"observation #0 actions: values differ in \d+ of 16 element\(s\) \(max abs difference", message)
+    assert "not bit-identical)" in message
     assert "NumPy path:" in message and "tensor route:" in message
     assert "dtype" not in message and "shape" not in message and "device" not in message
+
+
+def _one_ulp_in(self: ActionPlan, actions: torch.Tensor, vectorized: bool, reshape: bool) -> torch.Tensor:
+    """The route, off by one unit in the last place towards zero (so clipped actions stay in
+    bounds): far inside any tolerance."""
+    actions = _finish(self, actions, vectorized, reshape)
+    return torch.nextafter(actions, torch.zeros_like(actions))
+
+
+@pytest.mark.parametrize("algo", ["PPO", "SAC"])
+def test_values_must_agree_bit_for_bit_by_default(monkeypatch: pytest.MonkeyPatch, algo: str) -> None:
+    model = build(algo, "Box", "Box")
+    observations = stack(_observations(model, count=4))
+    _break(monkeypatch, _one_ulp_in)
+    with pytest.raises(ParityError) as excinfo:
+        assert_predict_parity(model, observations)
+    message = _message(excinfo)
+    # every action but those clipped to the bound 0.0 (where nextafter towards zero is a no-op)
+    assert re.search(r"observation #0 actions: values differ in [1-8] of 8 element\(s\)", message)
+    assert "not bit-identical)" in message
+    # a tolerance stays available for users who ask for one
+    assert_predict_parity(model, observations, atol=1e-5)
+    with pytest.raises(ParityError, match=re.escape("> 1e-12)")):
+        assert_predict_parity(model, observations, atol=1e-12)
+
+
+def test_negative_zero_is_not_zero_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-0.0 and 0.0 are the same number but not the same bits (``1 / x`` tells them apart)."""
+    from helpers import saturate
+
+    model = saturate(build("PPO", "Box", "Box"), 25.0)  # the second action is clipped to its low, 0.0
+    observations = stack(_observations(model, count=3))
+    expected, _ = model.predict(observations, deterministic=True)
+    assert np.all(expected[:, 1] == 0.0) and not np.any(np.signbit(expected[:, 1]))
+    assert_predict_parity(model, observations)
+
+    def negative_zeros(self: ActionPlan, actions: torch.Tensor, vectorized: bool, reshape: bool) -> torch.Tensor:
+        actions = _finish(self, actions, vectorized, reshape)
+        return torch.where(actions == 0, torch.tensor(-0.0), actions)
+
+    _break(monkeypatch, negative_zeros)
+    with pytest.raises(ParityError, match=r"values differ in 3 of 6 element\(s\) \(max abs difference 0, not bit-identical\)"):
+        assert_predict_parity(model, observations)
+    assert_predict_parity(model, observations, atol=0.0)  # equal as numbers
+
+
+def test_nan_matches_nan() -> None:
+    """NaN observations give NaN actions on both paths: a match, whatever the NaN's bits (TD3: no
+    distribution, whose argument validation would refuse NaN on SB3's path)."""
+    model = build("TD3", "Box", "Box")
+    observations = stack(_observations(model, count=3))
+    observations[1] = np.nan
+    expected, _ = model.predict(observations, deterministic=True)
+    assert np.isnan(expected[1]).all() and not np.isnan(expected[0]).any()
+    assert_predict_parity(model, observations)
 
 
 def test_catches_unclipped_stochastic_actions(monkeypatch: pytest.MonkeyPatch) -> None:
