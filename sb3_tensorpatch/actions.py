@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from . import sb3
+from .host import NUMPY_DTYPES, TORCH_DTYPES
 
 Tensor = torch.Tensor
 
@@ -104,7 +105,7 @@ class _Bounds:
     :param mode: ``CLIP`` or ``UNSCALE``
     """
 
-    __slots__ = ("high", "high_bytes", "high_ref", "low", "low_bytes", "low_ref", "mode", "plain", "steps")
+    __slots__ = ("high", "high_bytes", "high_ref", "low", "low_bytes", "low_ref", "mode", "ndarrays", "steps")
 
     def __init__(self, low: Any, high: Any, mode: str) -> None:
         # the objects, to notice an assignment, and their bytes, to notice an in-place edit
@@ -117,7 +118,7 @@ class _Bounds:
         self.high_bytes = self.high.tobytes()
         #: whether both are numpy arrays, whose tobytes() the freshness check calls (a Box always
         #: has arrays; anything else assigned there is compared anew on every call)
-        self.plain = type(low) is np.ndarray and type(high) is np.ndarray
+        self.ndarrays = type(low) is np.ndarray and type(high) is np.ndarray
         self.mode = mode
         #: the step of each device, for the last actions dtype seen there
         self.steps: dict[torch.device, _Step] = {}
@@ -187,7 +188,7 @@ class ActionPlan:
             snapshot is None
             or low is not snapshot.low_ref
             or high is not snapshot.high_ref
-            or not snapshot.plain
+            or not snapshot.ndarrays
             or low.tobytes() != snapshot.low_bytes
             or high.tobytes() != snapshot.high_bytes
         ):
@@ -265,7 +266,7 @@ class ActionPlan:
                 snapshot is None
                 or low is not snapshot.low_ref
                 or high is not snapshot.high_ref
-                or not snapshot.plain
+                or not snapshot.ndarrays
                 or low.tobytes() != snapshot.low_bytes
                 or high.tobytes() != snapshot.high_bytes
             ):
@@ -297,14 +298,12 @@ class ActionPlan:
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
-    try:
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and others without a numpy twin: numpy would see float32
-        return np.dtype(np.float32)
+    # bfloat16 and others without a numpy twin: numpy would see float32
+    return NUMPY_DTYPES.get(dtype, np.dtype(np.float32))
 
 
 def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
-    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    return TORCH_DTYPES[np.dtype(dtype)]
 
 
 def _tensor(values: np.ndarray, dtype: np.dtype[Any], device: torch.device) -> Tensor:

@@ -37,6 +37,8 @@ def _numpy_twins() -> dict[torch.dtype, np.dtype[Any]]:
 #: the NumPy dtype of each torch dtype that has one (a lookup: no tensor is made, so it works under
 #: any torch mode, fake tensors included)
 NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = _numpy_twins()
+#: the torch dtype of each NumPy dtype that has one
+TORCH_DTYPES: dict[np.dtype[Any], torch.dtype] = {twin: dtype for dtype, twin in NUMPY_DTYPES.items()}
 
 
 def first_override(cls: type, methods: dict[str, tuple[Any, ...]]) -> str | None:

@@ -48,10 +48,7 @@ _Step = Tuple[Optional[torch.dtype], Tensor, Tensor, Callable[[Tensor, Tensor, T
 
 
 def _torch_dtype(np_dtype: np.dtype[Any]) -> torch.dtype:
-    try:
-        return torch.from_numpy(np.zeros(0, dtype=np_dtype)).dtype
-    except TypeError:  # no torch twin
-        return torch.float64
+    return host.TORCH_DTYPES.get(np.dtype(np_dtype), torch.float64)  # float64 where torch has no twin
 
 
 def _array(value: Any) -> np.ndarray:

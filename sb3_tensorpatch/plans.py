@@ -60,7 +60,7 @@ class PolicyPlan:
         # attributes. ``any(map(plan.flag, plan.flags))`` says whether a module is in training mode.
         self.flags: tuple[Any, ...] = self.modules
         self.flag: Callable[[Any], bool] = _training
-        if all(_plain_flag(module) for module in self.modules):
+        if all(_flag_in_instance_dict(module) for module in self.modules):
             self.flags = tuple(vars(module) for module in self.modules)
             self.flag = _training_item
         cls = type(policy)
@@ -196,7 +196,7 @@ def _own_code(policy: Any) -> bool:
     return True
 
 
-def _plain_flag(module: torch.nn.Module) -> bool:
+def _flag_in_instance_dict(module: torch.nn.Module) -> bool:
     """Return whether ``module.training`` is a plain entry of the instance ``__dict__``."""
     return "training" in vars(module) and not any("training" in vars(klass) for klass in type(module).__mro__)
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .host import NUMPY_DTYPES
+
 __all__ = ["ParityError", "assert_predict_parity", "to_tensor"]
 
 
@@ -33,8 +35,8 @@ def to_tensor(value: Any, device: str | torch.device = "cpu") -> Any:
     return torch.as_tensor(np.asarray(value), device=device)
 
 
-def _numpy_dtype_of(tensor: torch.Tensor) -> np.dtype[Any]:
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+def _numpy_dtype_of(tensor: torch.Tensor) -> np.dtype[Any] | None:
+    return NUMPY_DTYPES.get(tensor.dtype)
 
 
 def _same_values(got: np.ndarray, expected: np.ndarray, atol: float | None) -> np.ndarray:

@@ -87,8 +87,8 @@ def make_wrapper(function: Any, route: Route, first: str, record: Record) -> Cal
         "__name__": __name__,  # its frames are ours (warnings skip them to reach the caller)
         "_route": route, "_record": record, "_function": function, "_Tensor": Tensor, "_tensor_input": is_tensor_input,
     }
-    plain = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
-    source = _source(inspect.signature(function), first, plain, namespace)
+    is_function = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
+    source = _source(inspect.signature(function), first, is_function, namespace)
     # written from the checked signature's parameter names only; tracebacks name the target
     exec(compile(source, f"<sb3-tensorpatch wrapper of {record.target}>", "exec"), namespace)
     wrapper: Callable[..., Any] = namespace["wrapper"]
@@ -124,10 +124,10 @@ def _parameters(signature: inspect.Signature, first: str, namespace: dict[str, A
     return declared
 
 
-def _source(signature: inspect.Signature, first: str, plain: bool, namespace: dict[str, Any]) -> str:
+def _source(signature: inspect.Signature, first: str, is_function: bool, namespace: dict[str, Any]) -> str:
     """The source of the wrapper: the exact-signature form, or the ``(*args, **kwargs)`` form.
 
-    :param plain: the original is a plain function, called directly; else it is bound through the
+    :param is_function: the original is a function, called directly; else it is bound through the
         descriptor protocol first (a wrapper someone installed before us, a proxy)
     """
     declared = _parameters(signature, first, namespace)
@@ -142,8 +142,8 @@ def _source(signature: inspect.Signature, first: str, plain: bool, namespace: di
         # the observation is the argument after self, by position or by name; no self, no route
         guard = f"    _observation = _args[1] if len(_args) > 1 else _kwargs.get({first!r})\n"
         called = "_args and _record.active"
-    original = f"_function({arguments})" if plain else f"_function.__get__({instance}, type({instance}))({rest})"
-    if declared is None and not plain:
+    original = f"_function({arguments})" if is_function else f"_function.__get__({instance}, type({instance}))({rest})"
+    if declared is None and not is_function:
         original = f"({original} if _args else _function(**_kwargs))"
     return (
         f"def wrapper({parameters}):\n"

@@ -49,9 +49,9 @@ def _assert_parity_and_bounds(model: Any, observations: np.ndarray) -> None:
 
 
 def _same_plan(model: Any) -> Any:
-    from sb3_tensorpatch import cache
+    from sb3_tensorpatch import plans
 
-    return cache.plan_for(model.policy)
+    return plans.plan_for(model.policy)
 
 
 @pytest.mark.parametrize("algo", ["PPO", "SAC", "TD3"])
