@@ -257,24 +257,7 @@ class ActionPlan:
             if not same:
                 actions = actions.reshape(self.batched_shape)
         if self.mode is not None:
-            # _current() and _step() inlined: this runs on every call
-            space = self.space
-            low = space.low
-            high = space.high
-            snapshot = self._snapshot
-            if (
-                snapshot is None
-                or low is not snapshot.low_ref
-                or high is not snapshot.high_ref
-                or not snapshot.ndarrays
-                or low.tobytes() != snapshot.low_bytes
-                or high.tobytes() != snapshot.high_bytes
-            ):
-                snapshot = self._current()
-            device = actions.device
-            step = snapshot.steps.get(device)
-            if step is None or step.dtype is not actions.dtype:
-                step = snapshot.step(device, actions.dtype)
+            step = self._step(self._current(), actions.device, actions.dtype)
             kind = step.kind
             if kind == _CLAMP:
                 if step.cast is not None:
