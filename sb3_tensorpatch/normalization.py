@@ -15,7 +15,7 @@ would not reach it), so the results agree with the numpy path.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +23,11 @@ import torch
 from . import host
 from .errors import ObservationTypeError
 from .plans import statistics
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+    from stable_baselines3.common.vec_env import VecNormalize
+
 
 Tensor = torch.Tensor
 
@@ -144,12 +149,12 @@ def _apply(op: str, x: Tensor, rms: Any, epsilon: float) -> Tensor:
     return function(x, mean, std)
 
 
-def _normalize(x: Tensor, rms: Any, venv: Any) -> Tensor:
+def _normalize(x: Tensor, rms: RunningMeanStd, venv: VecNormalize) -> Tensor:
     clip = venv.clip_obs
     return _apply("normalize", x, rms, venv.epsilon).clamp_(-clip, clip).to(torch.float32)
 
 
-def _unnormalize(x: Tensor, rms: Any, venv: Any) -> Tensor:
+def _unnormalize(x: Tensor, rms: RunningMeanStd, venv: VecNormalize) -> Tensor:
     return _apply("unnormalize", x, rms, venv.epsilon)
 
 
@@ -162,7 +167,7 @@ def _to_tensor(value: Any, device: torch.device) -> Tensor:
         return torch.as_tensor(np.array(value), device=device)
 
 
-def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Callable[[Tensor, Any, Any], Tensor]) -> Tensor | dict[str, Tensor]:
+def _map_obs(venv: VecNormalize, obs: Tensor | dict[str, Any], leaf: Callable[[Tensor, Any, Any], Tensor]) -> Tensor | dict[str, Tensor]:
     """Apply ``leaf`` as VecNormalize does: per normalized key for Dict spaces, else to the tensor.
 
     Keys that are not normalized, and the whole input when ``norm_obs`` is off, are copied, so
@@ -181,6 +186,7 @@ def _map_obs(venv: Any, obs: Tensor | dict[str, Any], leaf: Callable[[Tensor, An
                 f"non-Dict observation space {venv.observation_space}."
             )
         keys = venv.norm_obs_keys
+        assert keys is not None  # VecNormalize fills it in for a Dict space
         for key in keys:
             if key not in tensors:
                 raise KeyError(key)  # as SB3's numpy path
@@ -203,7 +209,7 @@ _HELPERS = {"normalize_obs": "_normalize_obs", "unnormalize_obs": "_unnormalize_
 _overrides: dict[tuple[type, str], str | None] = {}
 
 
-def _override(venv: Any, method: str) -> str | None:
+def _override(venv: VecNormalize, method: str) -> str | None:
     """The helper of ``method`` when ``type(venv)`` overrides it (it takes NumPy arrays), else ``None``."""
     key = (type(venv), method)
     if key not in _overrides:
@@ -218,7 +224,7 @@ def _obs_route(method: str, leaf: Callable[[Tensor, Any, Any], Tensor]) -> Calla
     """The route factory of ``VecNormalize.<method>`` for a tensor or a dict of tensors, on their device."""
 
     def factory(original: Callable[..., Any]) -> Callable[..., Any]:
-        def route(venv: Any, obs: Tensor | dict[str, Any]) -> Any:
+        def route(venv: VecNormalize, obs: Tensor | dict[str, Any]) -> Any:
             helper = _override(venv, method)
             if helper is not None:
                 return host.round_trip(original, venv, helper, obs)
@@ -243,7 +249,7 @@ def normalize_reward_route(original: Callable[..., Any], *, float32: bool = True
     """
     cast = float32
 
-    def normalize_reward(venv: Any, reward: Tensor) -> Tensor:
+    def normalize_reward(venv: VecNormalize, reward: Tensor) -> Tensor:
         if venv.norm_reward:
             clip = venv.clip_reward
             reward = _apply("normalize_reward", reward, venv.ret_rms, venv.epsilon).clamp_(-clip, clip)
@@ -253,7 +259,7 @@ def normalize_reward_route(original: Callable[..., Any], *, float32: bool = True
     return normalize_reward
 
 
-def unnormalize_reward(venv: Any, reward: Tensor) -> Tensor:
+def unnormalize_reward(venv: VecNormalize, reward: Tensor) -> Tensor:
     """``VecNormalize.unnormalize_reward`` for a tensor, on its device."""
     if venv.norm_reward:
         return _apply("unnormalize_reward", reward, venv.ret_rms, venv.epsilon)

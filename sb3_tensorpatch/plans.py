@@ -14,7 +14,7 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -22,6 +22,10 @@ from . import host, sb3
 from .actions import ActionPlan
 from .notices import warn_once
 from .observations import ObservationPlan, check_reachable, copy_input, to_device
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.policies import BasePolicy
+
 
 #: the device of a policy without parameters, as SB3's ``BaseModel.device`` reports it
 CPU = torch.device("cpu")
@@ -45,7 +49,7 @@ class PolicyPlan:
         "observation_space", "param", "random_host",
     )
 
-    def __init__(self, policy: Any) -> None:
+    def __init__(self, policy: BasePolicy) -> None:
         self.observation_space = policy.observation_space
         self.action_space = policy.action_space
         self.obs = ObservationPlan(policy.observation_space)
@@ -83,7 +87,7 @@ class PolicyPlan:
         param = self.param
         return CPU if param is None else param.device
 
-    def prepare(self, policy: Any, observation: Any) -> tuple[Any, bool, torch.device, torch.device]:
+    def prepare(self, policy: BasePolicy, observation: Any) -> tuple[Any, bool, torch.device, torch.device]:
         """Validate and batch the observation, move it to the policy's device, set eval mode.
 
         :param policy: the policy this plan is for
@@ -121,7 +125,7 @@ _FORWARDING = (
 )
 
 
-def eval_modules(policy: Any) -> tuple[torch.nn.Module, ...]:
+def eval_modules(policy: BasePolicy) -> tuple[torch.nn.Module, ...]:
     """Return the sub-modules whose training flag ``policy.set_training_mode(False)`` sets.
 
     ``BaseModel.set_training_mode`` is ``self.train(mode)``: every module. SB3's DQN, SAC, TD3
@@ -173,7 +177,7 @@ def _own_set_training_mode() -> tuple[Any, ...]:
     return tuple(own)
 
 
-def _numpy_methods(policy: Any) -> dict[str, tuple[Any, ...]]:
+def _numpy_methods(policy: BasePolicy) -> dict[str, tuple[Any, ...]]:
     """The methods SB3's ``predict`` calls with NumPy arrays for this policy, with SB3's own function for each."""
     base = _base_policy()
     methods = {"obs_to_tensor": (base.obs_to_tensor,)}
@@ -182,7 +186,7 @@ def _numpy_methods(policy: Any) -> dict[str, tuple[Any, ...]]:
     return methods
 
 
-def _own_code(policy: Any) -> bool:
+def _own_code(policy: BasePolicy) -> bool:
     """Whether every class on the policy's path is SB3's, sb3-contrib's or torch's, and no forward hook is set."""
     from torch.nn.modules import module as torch_module
 
@@ -244,7 +248,7 @@ _plans = ObjectCache()
 statistics = ObjectCache()
 
 
-def plan_for(policy: Any) -> PolicyPlan:
+def plan_for(policy: BasePolicy) -> PolicyPlan:
     """Return the plan for ``policy``, building it on first use or when its spaces were replaced."""
     plan: PolicyPlan | None = _plans.get(policy)
     if (

@@ -9,7 +9,7 @@ on the device. It never reads a value back to the host.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -21,6 +21,11 @@ from .observations import batch_size, check_reachable
 from .plans import PolicyPlan, plan_for
 from .validation import _local as _validation
 from .wrappers import tensor_route
+
+if TYPE_CHECKING:
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+    from stable_baselines3.common.policies import BasePolicy
 
 Tensor = torch.Tensor
 Route = Callable[..., Any]
@@ -63,7 +68,7 @@ def policy_route(original: Route, *, reshape: bool = True) -> Route:
     """
 
     def predict(
-        policy: Any,
+        policy: BasePolicy,
         observation: Tensor | dict[str, Tensor],
         state: Any = None,
         episode_start: Any = None,
@@ -129,7 +134,7 @@ _CONTRIB_MASKING, _SINGLE, _MULTI = 0, 1, 2
 _mask_kinds: dict[tuple[type, type], int] = {}
 
 
-def _mask_kind(policy: Any) -> int:
+def _mask_kind(policy: MaskableActorCriticPolicy) -> int:
     """How to mask ``policy``'s distribution, decided once per (policy class, distribution class).
 
     The route restates the masking only where nothing can differ from contrib's: the policy's
@@ -159,7 +164,7 @@ _HUGE_NEG = -1e8
 
 
 def _masked_actions(
-    policy: Any, obs: Any, masks: Tensor, deterministic: bool, kind: int, constants: dict[tuple[torch.dtype, torch.device], Tensor]
+    policy: MaskableActorCriticPolicy, obs: Any, masks: Tensor, deterministic: bool, kind: int, constants: dict[tuple[torch.dtype, torch.device], Tensor]
 ) -> Tensor:
     """The maskable policy's ``_predict`` with ``masks`` (bool, on the policy's device), without a host sync.
 
@@ -176,7 +181,7 @@ def _masked_actions(
     its distributions, as in every release from 1.8.0 to 2.9.2 (1.8.0 recomputed ``probs`` eagerly
     after masking, to the same values as the lazy property).
     """
-    distribution = policy.get_distribution(obs)
+    distribution: Any = policy.get_distribution(obs)  # one of the two classes _mask_kind found
     if kind == _SINGLE:
         parts = [distribution.distribution]
         split: tuple[Tensor, ...] = (masks,)
@@ -206,7 +211,7 @@ def maskable_route(original: Route, *, reshape: bool = True, returns_state: bool
     constants: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def predict(
-        policy: Any,
+        policy: MaskableActorCriticPolicy,
         observation: Tensor | dict[str, Tensor],
         state: Any = None,
         episode_start: Any = None,
@@ -254,7 +259,7 @@ def _check_states(state: Any, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     return pair  # type: ignore[return-value]
 
 
-def _recurrent_actions(policy: Any, obs: Any, states: tuple[Tensor, Tensor], starts: Tensor, deterministic: bool) -> Any:
+def _recurrent_actions(policy: RecurrentActorCriticPolicy, obs: Any, states: tuple[Tensor, Tensor], starts: Tensor, deterministic: bool) -> Any:
     """The recurrent policy's ``_predict`` for one step, without its host read.
 
     contrib's ``_process_sequence`` picks between two equivalent code paths with
@@ -300,7 +305,7 @@ def recurrent_route(original: Route, *, reshape: bool = True) -> Route:
     """
 
     def predict(
-        policy: Any,
+        policy: RecurrentActorCriticPolicy,
         observation: Tensor | dict[str, Tensor],
         state: Any = None,
         episode_start: Any = None,

@@ -24,6 +24,9 @@ Cases:
     Whether ``pickle.dumps(policy.predict)`` works with each kind of wrapper (not a timing).
 ``unsqueeze``
     Adding the batch dim to one observation: ``unsqueeze(0)`` against ``view(1, *shape)``.
+``eval-flags``
+    The route's eval-mode check: reading the training flags from the modules' ``__dict__`` against
+    reading them as attributes, and against calling ``set_training_mode(False)`` as SB3 does.
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
@@ -224,12 +227,42 @@ def case_unscale(rounds: int, ms: float) -> None:
         )
 
 
+def case_eval_flags(rounds: int, ms: float) -> None:
+    import operator
+
+    import stable_baselines3 as sb3
+
+    from sb3_tensorpatch.plans import eval_modules
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        policy = sb3.PPO("MlpPolicy", "Pendulum-v1", device="cpu", seed=0).policy
+    policy.set_training_mode(False)
+    modules = eval_modules(policy)
+    dicts = tuple(vars(module) for module in modules)
+    by_attribute = operator.attrgetter("training")
+    by_item = operator.itemgetter("training")
+    report(
+        f"eval-flags: is any of PPO's {len(modules)} modules in training mode? (the route asks on every call)",
+        interleaved(
+            {
+                "itemgetter on __dict__s": lambda: policy.training or any(map(by_item, dicts)),
+                "attrgetter on modules": lambda: policy.training or any(map(by_attribute, modules)),
+                "set_training_mode(False)": lambda: policy.set_training_mode(False),
+            },
+            rounds,
+            ms,
+        ),
+    )
+
+
 CASES: dict[str, Callable[[int, float], None]] = {
     "wrapper": case_wrapper,
     "wrapper-in-context": case_wrapper_in_context,
     "pickle": case_pickle,
     "unsqueeze": case_unsqueeze,
     "unscale": case_unscale,
+    "eval-flags": case_eval_flags,
 }
 
 
