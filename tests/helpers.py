@@ -6,6 +6,7 @@ Works on every supported SB3 release: gym 0.21 API for SB3 1.x, gymnasium for 2.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from typing import Any
 
@@ -26,6 +27,11 @@ try:
     import sb3_contrib
 except ImportError:  # pragma: no cover - matrix without contrib
     sb3_contrib = None
+
+#: what a class's ``__dict__`` holds for an attribute it does not define (``None`` could be a value)
+MISSING = object()
+BASE_PREDICT = "stable_baselines3.common.policies:BasePolicy.predict"
+VALIDATE = "torch.distributions:Distribution._validate_args"
 
 
 class SpaceEnv(gym.Env):  # type: ignore[misc]
@@ -206,3 +212,73 @@ def raw_observation_space(model: Any) -> Any:
     env = model.get_env()
     inner = getattr(env, "venv", None)
     return (inner or env).observation_space
+
+
+# -- what enable() replaces, and checks that disable() put it back --------------------------------
+
+
+def _resolve_owner(module: str, owner: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in owner.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def patch_targets() -> dict[str, tuple[Any, str]]:
+    """Every ``(class, attribute)`` the selection for the installed versions patches, by target name,
+    plus ``Distribution._validate_args`` (under :data:`VALIDATE`).
+
+    Cached on first use (with the real installed versions), so that tests which pretend other
+    versions still check the real targets.
+    """
+    from torch.distributions import Distribution
+
+    from sb3_tensorpatch.table import select_rows
+
+    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in select_rows().rows}
+    found[VALIDATE] = (Distribution, "_validate_args")
+    return found
+
+
+def snapshot() -> dict[str, Any]:
+    """What each class's ``__dict__`` holds now for each target (:data:`MISSING` if nothing)."""
+    return {target: owner.__dict__.get(name, MISSING) for target, (owner, name) in patch_targets().items()}
+
+
+def assert_originals(originals: dict[str, Any]) -> None:
+    """Undo is exact: every class holds the very object it held in ``originals`` (a :func:`snapshot`)."""
+    for target, (owner, name) in patch_targets().items():
+        assert owner.__dict__.get(name, MISSING) is originals[target], f"{target} was not restored by identity"
+
+
+def assert_patched(originals: dict[str, Any]) -> None:
+    """Every target holds our wrapper (our descriptor for validation), directly around the original."""
+    from sb3_tensorpatch import validation, wrappers
+
+    for target, (owner, name) in patch_targets().items():
+        entry = owner.__dict__.get(name, MISSING)
+        assert entry is not originals[target], f"{target} is not patched"
+        if target == VALIDATE:
+            assert isinstance(entry, validation.ValidationDefault)
+        else:
+            assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
+            assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
+
+
+def force_restore(originals: dict[str, Any]) -> None:
+    """Put every original back by hand (cleanup after tests that expose undo bugs)."""
+    for target, (owner, name) in patch_targets().items():
+        if owner.__dict__.get(name, MISSING) is not originals[target]:
+            if originals[target] is MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, originals[target])
+
+
+def takes_tensor_route(model: Any, observation: np.ndarray) -> bool:
+    """Whether ``model.predict`` takes the tensor route (a tensor comes back)."""
+    import torch
+
+    actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
+    return isinstance(actions, torch.Tensor)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import sys
 import threading
 import time
@@ -30,19 +29,27 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_bits, build, observation_space, sample_observations, sb3_contrib, stack
+from helpers import (
+    assert_originals,
+    assert_same_bits,
+    build,
+    observation_space,
+    sample_observations,
+    sb3_contrib,
+    snapshot,
+    stack,
+)
 from stable_baselines3.common.policies import BasePolicy
-from torch.distributions import Distribution
 
 import sb3_tensorpatch
 from sb3_tensorpatch import notices, plans, routes, validation
-from sb3_tensorpatch.table import select_rows
 from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
 
 # SB3's own numpy path turns a CPU tensor into an array with np.array() (and np.transpose() on a
 # tensor image), which numpy 2 warns about: it happens in the stress test while a concurrent
 # disable() sends a tensor to SB3's original.
 pytestmark = [
+    pytest.mark.usefixtures("enabled"),
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
@@ -56,17 +63,6 @@ DISCRETE = ("PPO", "Discrete", "Discrete")
 DQN = ("DQN", "Box", "Discrete")
 MASK = ("MaskablePPO", "Box", "Discrete")
 LSTM = ("RecurrentPPO", "Box", "Discrete", "MlpLstmPolicy")
-_MISSING = object()
-
-
-@pytest.fixture(autouse=True)
-def _enabled() -> Any:
-    sb3_tensorpatch.disable()
-    sb3_tensorpatch.enable()
-    assert sb3_tensorpatch.is_enabled()
-    yield
-    sb3_tensorpatch.disable()
-
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -791,21 +787,6 @@ def test_observation_on_cuda_policy_on_cpu_and_back(key: tuple[str, ...]) -> Non
 # -- concurrency ------------------------------------------------------------------------------
 
 
-def _targets() -> dict[str, tuple[Any, str]]:
-    found: dict[str, tuple[Any, str]] = {}
-    for row in select_rows().rows:
-        owner: Any = importlib.import_module(row.module)
-        for part in row.owner.split("."):
-            owner = getattr(owner, part)
-        found[row.target] = (owner, row.attribute)
-    found["torch.distributions:Distribution._validate_args"] = (Distribution, "_validate_args")
-    return found
-
-
-def _snapshot(targets: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    return {target: owner.__dict__.get(name, _MISSING) for target, (owner, name) in targets.items()}
-
-
 @dataclass
 class Job:
     key: tuple[str, ...]
@@ -976,8 +957,7 @@ def test_stress_tensor_scopes_numpy_and_enable_disable() -> None:
     concurrent ``disable()`` (a hard off that ends every scope) races it, goes to SB3's original path
     and returns the right NumPy actions. Never an exception, a wrong or half-processed result."""
     sb3_tensorpatch.disable()
-    targets = _targets()
-    originals = _snapshot(targets)
+    originals = snapshot()
     base_predict = BasePolicy.__dict__["predict"]
 
     counts, problems = _stress(3.0, disabling=True)
@@ -991,9 +971,7 @@ def test_stress_tensor_scopes_numpy_and_enable_disable() -> None:
     sb3_tensorpatch.disable()
     assert not sb3_tensorpatch.is_enabled()
     assert BasePolicy.__dict__["predict"] is base_predict
-    after = _snapshot(targets)
-    for target in targets:
-        assert after[target] is originals[target], f"{target} was not restored by identity"
+    assert_originals(originals)
     # and the patch still works afterwards
     job = _jobs()[1]
     assert not sb3_tensorpatch.is_enabled()
@@ -1004,8 +982,7 @@ def test_stress_tensor_scopes_numpy_and_enable_disable() -> None:
 def test_stress_enable_only_never_breaks_a_scope() -> None:
     """Without ``disable()``, every tensor predict in a scope takes the tensor route."""
     sb3_tensorpatch.disable()
-    targets = _targets()
-    originals = _snapshot(targets)
+    originals = snapshot()
 
     counts, problems = _stress(1.5, disabling=False)
 
@@ -1015,6 +992,4 @@ def test_stress_enable_only_never_breaks_a_scope() -> None:
     assert counts["tensor"] >= 8 * 3
     assert counts["toggles"] >= 2 * 3
     sb3_tensorpatch.disable()
-    after = _snapshot(targets)
-    for target in targets:
-        assert after[target] is originals[target], f"{target} was not restored by identity"
+    assert_originals(originals)

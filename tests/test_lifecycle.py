@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,17 @@ import numpy as np
 import pytest
 import torch
 import wrapt
+from helpers import (
+    BASE_PREDICT,
+    MISSING,
+    VALIDATE,
+    assert_originals,
+    assert_patched,
+    force_restore,
+    patch_targets,
+    snapshot,
+    takes_tensor_route,
+)
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from torch.distributions import Distribution
@@ -30,108 +40,23 @@ from sb3_tensorpatch import table, validation, wrappers
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
-_MISSING = object()
-_BASE = "stable_baselines3.common.policies:BasePolicy.predict"
-_VALIDATE = "torch.distributions:Distribution._validate_args"
 _POLICY_KWARGS = {"net_arch": [16]}
 
 # SB3's own numpy path turns a CPU tensor into an array with np.array(), which numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def _resolve_owner(module: str, owner: str) -> Any:
-    obj: Any = importlib.import_module(module)
-    for part in owner.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-@functools.lru_cache(maxsize=None)
-def _targets() -> dict[str, tuple[Any, str]]:
-    """Every target the selection for the installed versions patches, plus ``Distribution._validate_args``.
-
-    Cached on first use (with the real installed versions), so that tests which pretend other
-    versions still check the real targets.
-    """
-    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in select_rows().rows}
-    found[_VALIDATE] = (Distribution, "_validate_args")
-    return found
-
-
-def _snapshot() -> dict[str, Any]:
-    return {target: owner.__dict__.get(name, _MISSING) for target, (owner, name) in _targets().items()}
-
-
-def _assert_originals(originals: dict[str, Any]) -> None:
-    for target, (owner, name) in _targets().items():
-        assert owner.__dict__.get(name, _MISSING) is originals[target], f"{target} was not restored by identity"
-
-
-def _assert_patched(originals: dict[str, Any]) -> None:
-    for target, (owner, name) in _targets().items():
-        entry = owner.__dict__.get(name, _MISSING)
-        assert entry is not originals[target], f"{target} is not patched"
-        if target == _VALIDATE:
-            assert isinstance(entry, validation.ValidationDefault)
-        else:
-            assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
-            assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
-
-
-def _force_restore(originals: dict[str, Any]) -> None:
-    """Put every original back by hand (cleanup after tests that expose undo bugs)."""
-    for target, (owner, name) in _targets().items():
-        if owner.__dict__.get(name, _MISSING) is not originals[target]:
-            if originals[target] is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, originals[target])
-
-
-def _routes(model: Any, observation: np.ndarray) -> bool:
-    """Whether ``model.predict`` takes the tensor route (a tensor comes back)."""
-    actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
-    return isinstance(actions, torch.Tensor)
-
-
-# -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def originals() -> dict[str, Any]:
-    sb3_tensorpatch.disable()
-    snapshot = _snapshot()
-    assert _BASE in snapshot
-    if table.installed_version(table.CONTRIB) is not None:
-        assert "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict" in snapshot
-    return snapshot
-
-
-@pytest.fixture(scope="module")
-def ppo() -> Any:
-    return PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
-
-
-@pytest.fixture(scope="module")
-def obs(ppo: Any) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.uniform(-0.2, 0.2, size=(4, *ppo.observation_space.shape)).astype(np.float32)
-
-
 # -- identity ---------------------------------------------------------------------------------
 
 
 def test_enable_then_disable_restores_identity(originals: dict[str, Any]) -> None:
-    _assert_originals(originals)
+    assert_originals(originals)
     sb3_tensorpatch.enable()
     assert sb3_tensorpatch.is_enabled()
-    _assert_patched(originals)
+    assert_patched(originals)
     sb3_tensorpatch.disable()
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_disable_without_enable(originals: dict[str, Any]) -> None:
@@ -140,19 +65,19 @@ def test_disable_without_enable(originals: dict[str, Any]) -> None:
         result = sb3_tensorpatch.disable()
     assert result.enabled is False
     assert result.patched == ()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_double_enable_does_not_double_wrap(originals: dict[str, Any]) -> None:
     sb3_tensorpatch.enable()
-    first = _snapshot()
+    first = snapshot()
     sb3_tensorpatch.enable()
-    second = _snapshot()
+    second = snapshot()
     for target in originals:
         assert second[target] is first[target], f"{target} was re-wrapped by the second enable()"
-    _assert_patched(originals)  # __wrapped__ is the original function, not another wrapper
+    assert_patched(originals)  # __wrapped__ is the original function, not another wrapper
     sb3_tensorpatch.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_double_disable(originals: dict[str, Any]) -> None:
@@ -161,17 +86,17 @@ def test_double_disable(originals: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sb3_tensorpatch.disable().enabled is False
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
-def test_enable_disable_enable_again(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_enable_disable_enable_again(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     for _ in range(3):
         sb3_tensorpatch.enable()
-        _assert_patched(originals)
-        assert _routes(ppo, obs)
+        assert_patched(originals)
+        assert takes_tensor_route(ppo, ppo_obs)
         sb3_tensorpatch.disable()
-        _assert_originals(originals)
-        assert not _routes(ppo, obs)
+        assert_originals(originals)
+        assert not takes_tensor_route(ppo, ppo_obs)
 
 
 # -- scopes -----------------------------------------------------------------------------------
@@ -179,42 +104,42 @@ def test_enable_disable_enable_again(originals: dict[str, Any], ppo: Any, obs: n
 
 def test_enable_then_scope_stays_enabled(originals: dict[str, Any]) -> None:
     sb3_tensorpatch.enable()
-    before = _snapshot()
+    before = snapshot()
     with sb3_tensorpatch.patched() as status:
         assert status.enabled
         for target in originals:
-            assert _snapshot()[target] is before[target]
+            assert snapshot()[target] is before[target]
     assert sb3_tensorpatch.is_enabled()
-    after = _snapshot()
+    after = snapshot()
     for target in originals:
         assert after[target] is before[target], f"{target} changed across a scope"
     sb3_tensorpatch.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
-def test_scope_without_enable(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_scope_without_enable(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     with sb3_tensorpatch.patched() as status:
         assert status.enabled is True
         assert sb3_tensorpatch.is_enabled()
-        _assert_patched(originals)
-        assert _routes(ppo, obs)
+        assert_patched(originals)
+        assert takes_tensor_route(ppo, ppo_obs)
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
-    assert not _routes(ppo, obs)
+    assert_originals(originals)
+    assert not takes_tensor_route(ppo, ppo_obs)
 
 
 def test_nested_scopes(originals: dict[str, Any]) -> None:
     with sb3_tensorpatch.patched():
-        outer = _snapshot()
+        outer = snapshot()
         with sb3_tensorpatch.patched():
-            _assert_patched(originals)  # no wrapper around a wrapper
-            inner = _snapshot()
+            assert_patched(originals)  # no wrapper around a wrapper
+            inner = snapshot()
             for target in originals:
                 assert inner[target] is outer[target]
         assert sb3_tensorpatch.is_enabled()
-        _assert_patched(originals)
+        assert_patched(originals)
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_one_scope_object_reused_nested(originals: dict[str, Any]) -> None:
@@ -224,7 +149,7 @@ def test_one_scope_object_reused_nested(originals: dict[str, Any]) -> None:
             assert sb3_tensorpatch.is_enabled()
         assert sb3_tensorpatch.is_enabled()
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 @pytest.mark.parametrize("enabled_on_entry", [False, True])
@@ -235,24 +160,24 @@ def test_disable_inside_scope(originals: dict[str, Any], enabled_on_entry: bool)
         with sb3_tensorpatch.patched():
             sb3_tensorpatch.disable()
             assert not sb3_tensorpatch.is_enabled()  # disabled right away, every scope ended
-            _assert_originals(originals)
+            assert_originals(originals)
         # each scope restores the state it found on entry: the inner one too
         assert sb3_tensorpatch.is_enabled() is enabled_on_entry
     assert sb3_tensorpatch.is_enabled() is enabled_on_entry
     if enabled_on_entry:
-        _assert_patched(originals)
+        assert_patched(originals)
     else:
-        _assert_originals(originals)
+        assert_originals(originals)
 
 
 def test_enable_inside_scope(originals: dict[str, Any]) -> None:
     with sb3_tensorpatch.patched():
         status = sb3_tensorpatch.enable()
         assert status.enabled
-        _assert_patched(originals)
+        assert_patched(originals)
     # the scope restores the state found on entry: disabled
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_enable_inside_scope_entered_enabled(originals: dict[str, Any]) -> None:
@@ -260,7 +185,7 @@ def test_enable_inside_scope_entered_enabled(originals: dict[str, Any]) -> None:
     with sb3_tensorpatch.patched():
         sb3_tensorpatch.enable()
     assert sb3_tensorpatch.is_enabled()
-    _assert_patched(originals)
+    assert_patched(originals)
 
 
 @pytest.mark.parametrize("enabled_on_entry", [False, True])
@@ -274,9 +199,9 @@ def test_exception_inside_scope(originals: dict[str, Any], enabled_on_entry: boo
                 raise KeyError("inside the scope")
     assert sb3_tensorpatch.is_enabled() is enabled_on_entry
     if enabled_on_entry:
-        _assert_patched(originals)
+        assert_patched(originals)
     else:
-        _assert_originals(originals)
+        assert_originals(originals)
 
 
 # -- decorator forms --------------------------------------------------------------------------
@@ -291,7 +216,7 @@ def test_decorator_with_call(originals: dict[str, Any]) -> None:
     assert inside(1) == (True, 2)
     assert inside(2) == (True, 3)  # a fresh scope per call
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_bare_decorator(originals: dict[str, Any]) -> None:
@@ -305,7 +230,7 @@ def test_bare_decorator(originals: dict[str, Any]) -> None:
     assert not sb3_tensorpatch.is_enabled()
     assert inside(key="k") == (True, "k")
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_decorated_function_called_recursively(originals: dict[str, Any]) -> None:
@@ -319,7 +244,7 @@ def test_decorated_function_called_recursively(originals: dict[str, Any]) -> Non
     assert recurse(5) == 5
     assert seen == [True] * 6
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_decorated_function_that_raises(originals: dict[str, Any]) -> None:
@@ -331,7 +256,7 @@ def test_decorated_function_that_raises(originals: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="from the decorated function"):
         fails()
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_decorated_recursion_that_raises_at_the_bottom(originals: dict[str, Any]) -> None:
@@ -344,7 +269,7 @@ def test_decorated_recursion_that_raises_at_the_bottom(originals: dict[str, Any]
     with pytest.raises(LookupError, match="bottom"):
         recurse(3)
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
@@ -356,7 +281,7 @@ def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
 
     assert inside()
     assert sb3_tensorpatch.is_enabled()
-    _assert_patched(originals)
+    assert_patched(originals)
 
 
 # -- import order (fresh interpreters) --------------------------------------------------------
@@ -425,9 +350,9 @@ def test_import_order_in_fresh_interpreter(prologue: str, tmp_path: Any) -> None
 # -- threads ----------------------------------------------------------------------------------
 
 
-def test_concurrent_scopes_and_numpy_predicts(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
-    expected, _ = ppo.predict(obs, deterministic=True)
-    tensor_obs = torch.as_tensor(obs)
+def test_concurrent_scopes_and_numpy_predicts(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
+    expected, _ = ppo.predict(ppo_obs, deterministic=True)
+    tensor_obs = torch.as_tensor(ppo_obs)
     errors: list[str] = []
     counts = {"tensor": 0, "numpy": 0}
     lock = threading.Lock()
@@ -458,7 +383,7 @@ def test_concurrent_scopes_and_numpy_predicts(originals: dict[str, Any], ppo: An
             start.wait()
             iterations = 0
             while not tensor_done.is_set() or iterations < 20:
-                actions, _ = ppo.predict(obs, deterministic=True)
+                actions, _ = ppo.predict(ppo_obs, deterministic=True)
                 assert isinstance(actions, np.ndarray), f"numpy input gave {type(actions)}"
                 assert np.array_equal(actions, expected)
                 iterations += 1
@@ -478,11 +403,11 @@ def test_concurrent_scopes_and_numpy_predicts(originals: dict[str, Any], ppo: An
     assert counts["tensor"] == 8 * 50
     assert counts["numpy"] >= 40
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_scope_held_by_one_thread_survives_another_threads_scope(
-    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+    originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray
 ) -> None:
     entered = threading.Event()
     other_done = threading.Event()
@@ -493,7 +418,7 @@ def test_scope_held_by_one_thread_survives_another_threads_scope(
             entered.set()
             other_done.wait(timeout=30)
             seen["enabled"] = sb3_tensorpatch.is_enabled()
-            seen["routes"] = _routes(ppo, obs)
+            seen["routes"] = takes_tensor_route(ppo, ppo_obs)
 
     thread = threading.Thread(target=holder)
     thread.start()
@@ -508,12 +433,12 @@ def test_scope_held_by_one_thread_survives_another_threads_scope(
     other.join(timeout=30)
     assert seen["visitor"] is True
     assert sb3_tensorpatch.is_enabled()  # the holder's scope is still open
-    _assert_patched(originals)
+    assert_patched(originals)
     other_done.set()
     thread.join(timeout=30)
     assert seen == {"visitor": True, "enabled": True, "routes": True}
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_first_scopes_opened_concurrently_share_one_patcher(originals: dict[str, Any]) -> None:
@@ -535,9 +460,9 @@ def test_first_scopes_opened_concurrently_share_one_patcher(originals: dict[str,
             for thread in threads:
                 thread.join(timeout=60)
             sb3_tensorpatch.disable()
-        _assert_originals(originals)
+        assert_originals(originals)
     finally:
-        _force_restore(originals)
+        force_restore(originals)
 
 
 def test_enable_from_another_thread_survives_a_scope_exit(originals: dict[str, Any]) -> None:
@@ -556,16 +481,16 @@ def test_enable_from_another_thread_survives_a_scope_exit(originals: dict[str, A
     leave.set()
     thread.join(timeout=30)
     assert sb3_tensorpatch.is_enabled()
-    _assert_patched(originals)
+    assert_patched(originals)
 
 
 # -- foreign wrappers -------------------------------------------------------------------------
 
 
 def test_foreign_wrapper_on_top_of_ours_is_left_in_place(
-    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+    originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray
 ) -> None:
-    original = originals[_BASE]
+    original = originals[BASE_PREDICT]
     sb3_tensorpatch.enable()
     current = BasePolicy.predict
     foreign_calls: list[int] = []
@@ -576,18 +501,18 @@ def test_foreign_wrapper_on_top_of_ours_is_left_in_place(
 
     BasePolicy.predict = foreign  # type: ignore[method-assign]
     try:
-        assert _routes(ppo, obs)  # foreign -> ours -> tensor route
+        assert takes_tensor_route(ppo, ppo_obs)  # foreign -> ours -> tensor route
         assert foreign_calls == [1]
         with pytest.warns(UserWarning, match="wrapped again"):
             sb3_tensorpatch.disable()
         assert not sb3_tensorpatch.is_enabled()
         assert BasePolicy.__dict__["predict"] is foreign
-        for target, (owner, name) in _targets().items():
-            if target != _BASE:
-                assert owner.__dict__.get(name, _MISSING) is originals[target], target
+        for target, (owner, name) in patch_targets().items():
+            if target != BASE_PREDICT:
+                assert owner.__dict__.get(name, MISSING) is originals[target], target
         # ours, under the foreign wrapper, is inert: a tensor reaches SB3's original code
         try:
-            actions, _ = ppo.predict(torch.as_tensor(obs), deterministic=True)
+            actions, _ = ppo.predict(torch.as_tensor(ppo_obs), deterministic=True)
         except Exception:
             pass
         else:
@@ -596,11 +521,11 @@ def test_foreign_wrapper_on_top_of_ours_is_left_in_place(
         assert len(foreign_calls) == 2
     finally:
         BasePolicy.predict = original  # type: ignore[method-assign]
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
-def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
-    original = originals[_BASE]
+def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
+    original = originals[BASE_PREDICT]
     foreign_calls: list[int] = []
 
     @functools.wraps(original)
@@ -614,17 +539,17 @@ def test_ours_on_top_of_a_foreign_wrapper(originals: dict[str, Any], ppo: Any, o
         entry = BasePolicy.__dict__["predict"]
         assert wrappers.is_wrapper(entry)
         assert entry.__wrapped__ is foreign
-        actions, _ = ppo.predict(obs, deterministic=True)  # numpy goes through the foreign wrapper
+        actions, _ = ppo.predict(ppo_obs, deterministic=True)  # numpy goes through the foreign wrapper
         assert isinstance(actions, np.ndarray)
         assert foreign_calls == [1]
-        assert _routes(ppo, obs)
+        assert takes_tensor_route(ppo, ppo_obs)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             sb3_tensorpatch.disable()
         assert BasePolicy.__dict__["predict"] is foreign
     finally:
         BasePolicy.predict = original  # type: ignore[method-assign]
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def _recording_wrapper(seen: list[tuple[Any, tuple[Any, ...]]]) -> Any:
@@ -637,44 +562,44 @@ def _recording_wrapper(seen: list[tuple[Any, tuple[Any, ...]]]) -> Any:
     return foreign
 
 
-def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_wrapt_wrapper_on_top_of_ours(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     # what ddtrace or OpenTelemetry would do after our enable(): wrap the class attribute with wrapt
     seen: list[tuple[Any, tuple[Any, ...]]] = []
     foreign = _recording_wrapper(seen)
     sb3_tensorpatch.enable()
     wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
     try:
-        assert _routes(ppo, obs)  # theirs -> ours -> tensor route
+        assert takes_tensor_route(ppo, ppo_obs)  # theirs -> ours -> tensor route
         assert seen[-1][0] is ppo.policy and isinstance(seen[-1][1][0], torch.Tensor)
         with pytest.warns(UserWarning, match="wrapped again"):
             sb3_tensorpatch.disable()
         assert isinstance(BasePolicy.__dict__["predict"], wrapt.FunctionWrapper)
-        assert not _routes(ppo, obs)  # ours, inside theirs, now passes everything to SB3's original
+        assert not takes_tensor_route(ppo, ppo_obs)  # ours, inside theirs, now passes everything to SB3's original
         assert len(seen) == 2
     finally:
-        BasePolicy.predict = originals[_BASE]  # type: ignore[method-assign]
-    _assert_originals(originals)
+        BasePolicy.predict = originals[BASE_PREDICT]  # type: ignore[method-assign]
+    assert_originals(originals)
 
 
-def test_ours_on_top_of_a_wrapt_wrapper_binds_it(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_ours_on_top_of_a_wrapt_wrapper_binds_it(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     # theirs was there before enable(): numpy calls reach it bound to the instance, as before
     seen: list[tuple[Any, tuple[Any, ...]]] = []
     foreign = _recording_wrapper(seen)
     wrapt.wrap_function_wrapper(BasePolicy, "predict", foreign)
     theirs = BasePolicy.__dict__["predict"]
     try:
-        expected, _ = ppo.predict(obs, deterministic=True)
+        expected, _ = ppo.predict(ppo_obs, deterministic=True)
         sb3_tensorpatch.enable()
         assert BasePolicy.__dict__["predict"].__wrapped__ is theirs
-        actions, _ = ppo.predict(obs, deterministic=True)
+        actions, _ = ppo.predict(ppo_obs, deterministic=True)
         assert isinstance(actions, np.ndarray) and np.array_equal(actions, expected)
-        assert seen[-1][0] is ppo.policy and seen[-1][1][0] is obs  # instance bound, args without self
-        assert _routes(ppo, obs)
+        assert seen[-1][0] is ppo.policy and seen[-1][1][0] is ppo_obs  # instance bound, args without self
+        assert takes_tensor_route(ppo, ppo_obs)
         sb3_tensorpatch.disable()
         assert BasePolicy.__dict__["predict"] is theirs
     finally:
-        BasePolicy.predict = originals[_BASE]  # type: ignore[method-assign]
-    _assert_originals(originals)
+        BasePolicy.predict = originals[BASE_PREDICT]  # type: ignore[method-assign]
+    assert_originals(originals)
 
 
 def test_dqn_goes_through_a_foreign_wrapper_of_the_policy(originals: dict[str, Any]) -> None:
@@ -699,7 +624,7 @@ def test_dqn_goes_through_a_foreign_wrapper_of_the_policy(originals: dict[str, A
     finally:
         BasePolicy.predict = current  # type: ignore[method-assign]
     sb3_tensorpatch.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_dqn_calls_a_policy_subclass_override(originals: dict[str, Any]) -> None:
@@ -728,8 +653,8 @@ def test_wrappers_look_like_the_originals(originals: dict[str, Any]) -> None:
     import pickle
 
     sb3_tensorpatch.enable()
-    for target, (owner, name) in _targets().items():
-        if target == _VALIDATE:
+    for target, (owner, name) in patch_targets().items():
+        if target == VALIDATE:
             continue
         entry = owner.__dict__[name]
         original = originals[target]
@@ -741,7 +666,7 @@ def test_wrappers_look_like_the_originals(originals: dict[str, Any]) -> None:
 
 
 def test_foreign_wrapper_with_another_signature_is_refused(originals: dict[str, Any]) -> None:
-    original = originals[_BASE]
+    original = originals[BASE_PREDICT]
 
     def foreign(self: Any, *args: Any, **kwargs: Any) -> Any:
         return original(self, *args, **kwargs)
@@ -752,18 +677,18 @@ def test_foreign_wrapper_with_another_signature_is_refused(originals: dict[str, 
             sb3_tensorpatch.enable()
         assert not sb3_tensorpatch.is_enabled()
         assert BasePolicy.__dict__["predict"] is foreign
-        for target, (owner, name) in _targets().items():
-            if target != _BASE:
-                assert owner.__dict__.get(name, _MISSING) is originals[target], target
+        for target, (owner, name) in patch_targets().items():
+            if target != BASE_PREDICT:
+                assert owner.__dict__.get(name, MISSING) is originals[target], target
     finally:
         BasePolicy.predict = original  # type: ignore[method-assign]
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 # -- subclasses and bound methods -------------------------------------------------------------
 
 
-def test_user_subclass_calling_super_routes_once(obs: np.ndarray) -> None:
+def test_user_subclass_calling_super_routes_once(ppo_obs: np.ndarray) -> None:
     counts = {"predict": 0, "_predict": 0}
 
     class CountingPolicy(ActorCriticPolicy):
@@ -776,45 +701,45 @@ def test_user_subclass_calling_super_routes_once(obs: np.ndarray) -> None:
             return super()._predict(observation, deterministic)
 
     model = PPO(CountingPolicy, "CartPole-v1", device="cpu", policy_kwargs=_POLICY_KWARGS, seed=0)
-    expected, _ = model.predict(obs, deterministic=True)
+    expected, _ = model.predict(ppo_obs, deterministic=True)
     assert counts == {"predict": 1, "_predict": 1}
     sb3_tensorpatch.enable()
-    actions, _ = model.predict(torch.as_tensor(obs), deterministic=True)
+    actions, _ = model.predict(torch.as_tensor(ppo_obs), deterministic=True)
     assert isinstance(actions, torch.Tensor)
     assert np.array_equal(actions.numpy(), expected)
     assert counts == {"predict": 2, "_predict": 2}  # routed once: one _predict for one predict
 
 
 def test_bound_method_taken_before_enable_keeps_the_original(
-    originals: dict[str, Any], ppo: Any, obs: np.ndarray
+    originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray
 ) -> None:
     # enable() replaces the class attribute; a bound method made from the plain function earlier
     # holds that function itself, so it keeps calling SB3's original (numpy out).
     saved = ppo.policy.predict
-    assert saved.__func__ is originals[_BASE]
+    assert saved.__func__ is originals[BASE_PREDICT]
     sb3_tensorpatch.enable()
-    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    actions, _ = saved(torch.as_tensor(ppo_obs), deterministic=True)
     assert not isinstance(actions, torch.Tensor)
     assert isinstance(actions, np.ndarray)
-    fresh, _ = ppo.policy.predict(torch.as_tensor(obs), deterministic=True)
+    fresh, _ = ppo.policy.predict(torch.as_tensor(ppo_obs), deterministic=True)
     assert isinstance(fresh, torch.Tensor)
     assert np.array_equal(fresh.numpy(), actions)
 
 
-def test_bound_wrapper_taken_while_enabled_is_inert_after_disable(ppo: Any, obs: np.ndarray) -> None:
+def test_bound_wrapper_taken_while_enabled_is_inert_after_disable(ppo: Any, ppo_obs: np.ndarray) -> None:
     sb3_tensorpatch.enable()
     saved = ppo.policy.predict
-    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    actions, _ = saved(torch.as_tensor(ppo_obs), deterministic=True)
     assert isinstance(actions, torch.Tensor)
     sb3_tensorpatch.disable()
-    actions, _ = saved(torch.as_tensor(obs), deterministic=True)
+    actions, _ = saved(torch.as_tensor(ppo_obs), deterministic=True)
     assert isinstance(actions, np.ndarray)  # the stale wrapper passes straight to SB3's original
 
 
 # -- status -----------------------------------------------------------------------------------
 
 
-def test_status_reports_versions_and_patched_targets() -> None:
+def test_status_reports_versions_and_patchedpatch_targets() -> None:
     import sb3_contrib
     import stable_baselines3
 
@@ -862,7 +787,7 @@ def test_too_old_sb3_is_refused(originals: dict[str, Any], monkeypatch: pytest.M
     assert "1.7.0" in str(info.value)
     assert "1.8.0" in str(info.value)
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
     status = sb3_tensorpatch.status()
     assert not status.supported
     assert status.error is not None and "1.7.0" in status.error
@@ -886,21 +811,21 @@ def test_failed_enable_does_not_leak_into_a_later_scope(
     with sb3_tensorpatch.patched():
         assert sb3_tensorpatch.is_enabled()
     assert not sb3_tensorpatch.is_enabled()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_newer_sb3_with_matching_signatures_is_patched_with_a_warning(
-    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch, ppo: Any, obs: np.ndarray
+    originals: dict[str, Any], monkeypatch: pytest.MonkeyPatch, ppo: Any, ppo_obs: np.ndarray
 ) -> None:
     _pretend(monkeypatch, sb3="3.0.0")
     with pytest.warns(UserWarning, match=r"stable-baselines3 3\.0\.0 is newer"):
         status = sb3_tensorpatch.enable()
     assert status.enabled
     assert status.newer == (table.SB3,)
-    _assert_patched(originals)
-    assert _routes(ppo, obs)
+    assert_patched(originals)
+    assert takes_tensor_route(ppo, ppo_obs)
     sb3_tensorpatch.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_newer_sb3_contrib_with_matching_signatures_is_patched_with_a_warning(
@@ -911,9 +836,9 @@ def test_newer_sb3_contrib_with_matching_signatures_is_patched_with_a_warning(
         status = sb3_tensorpatch.enable()
     assert status.enabled
     assert status.newer == (table.CONTRIB,)
-    _assert_patched(originals)
+    assert_patched(originals)
     sb3_tensorpatch.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_newer_version_with_other_signatures_is_refused(
@@ -921,7 +846,7 @@ def test_newer_version_with_other_signatures_is_refused(
 ) -> None:
     _pretend(monkeypatch, sb3="3.0.0", contrib="3.0.0")
     rows = tuple(
-        dataclasses.replace(row, params=("obs", *row.params[1:])) if row.target == _BASE else row for row in ROWS
+        dataclasses.replace(row, params=("obs", *row.params[1:])) if row.target == BASE_PREDICT else row for row in ROWS
     )
     patcher = Patcher(rows=rows)
     try:
@@ -930,10 +855,10 @@ def test_newer_version_with_other_signatures_is_refused(
             with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="expects"):
                 patcher.enable()
         assert not patcher.is_enabled()
-        _assert_originals(originals)
+        assert_originals(originals)
     finally:
         patcher.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 @pytest.mark.parametrize("which", [0, -1], ids=["first-row", "last-row"])
@@ -947,10 +872,10 @@ def test_row_with_other_params_is_refused_and_nothing_patched(originals: dict[st
         with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="expects"):
             patcher.enable()
         assert not patcher.is_enabled()
-        _assert_originals(originals)  # every target is checked before any is patched
+        assert_originals(originals)  # every target is checked before any is patched
     finally:
         patcher.disable()
-    _assert_originals(originals)
+    assert_originals(originals)
 
 
 def test_row_whose_target_is_not_defined_in_the_class_is_refused(originals: dict[str, Any]) -> None:
@@ -960,7 +885,7 @@ def test_row_whose_target_is_not_defined_in_the_class_is_refused(originals: dict
         with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="not defined"):
             patcher.enable()
         assert not patcher.is_enabled()
-        _assert_originals(originals)
+        assert_originals(originals)
     finally:
         patcher.disable()
 
@@ -968,13 +893,13 @@ def test_row_whose_target_is_not_defined_in_the_class_is_refused(originals: dict
 @pytest.mark.parametrize("options", [{"reshpae": True}, {"float32": True}], ids=["misspelt", "another-route's"])
 def test_row_with_an_option_its_route_does_not_take_is_refused(originals: dict[str, Any], options: dict[str, Any]) -> None:
     # BasePolicy.predict's route takes only ``reshape``: a wrong option must not silently take a default
-    rows = tuple(dataclasses.replace(row, options=options) if row.target == _BASE else row for row in ROWS)
+    rows = tuple(dataclasses.replace(row, options=options) if row.target == BASE_PREDICT else row for row in ROWS)
     patcher = Patcher(rows=rows)
     try:
         with pytest.raises(TypeError, match="unexpected keyword argument"):
             patcher.enable()
         assert not patcher.is_enabled()
-        _assert_originals(originals)
+        assert_originals(originals)
     finally:
         patcher.disable()
 
@@ -986,7 +911,7 @@ def _invalid_normal() -> Any:
     return torch.distributions.Normal(torch.zeros(1), -torch.ones(1))
 
 
-def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     before = Distribution._validate_args
     assert before is True  # torch's default (``__debug__``)
     with pytest.raises(ValueError):
@@ -995,12 +920,12 @@ def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: 
     assert Distribution._validate_args == before
     with pytest.raises(ValueError):
         _invalid_normal()
-    assert _routes(ppo, obs)  # the route switches validation off only for its own call
+    assert takes_tensor_route(ppo, ppo_obs)  # the route switches validation off only for its own call
     assert Distribution._validate_args == before
     with pytest.raises(ValueError):
         _invalid_normal()
     sb3_tensorpatch.disable()
-    assert Distribution.__dict__["_validate_args"] is originals[_VALIDATE]
+    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
     with pytest.raises(ValueError):
         _invalid_normal()
 
@@ -1038,7 +963,7 @@ def test_validation_off_in_one_thread_only(originals: dict[str, Any]) -> None:
         release.set()
         thread.join(timeout=30)
     sb3_tensorpatch.disable()
-    assert Distribution.__dict__["_validate_args"] is originals[_VALIDATE]
+    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
 
 
 def test_thread_local_switch_has_no_effect_when_disabled() -> None:
@@ -1059,12 +984,12 @@ def test_user_default_set_while_enabled_wins(originals: dict[str, Any]) -> None:
         assert Distribution.__dict__["_validate_args"] is False  # disable() leaves the user's value alone
         _invalid_normal()
     finally:
-        Distribution._validate_args = originals[_VALIDATE]
+        Distribution._validate_args = originals[VALIDATE]
     with pytest.raises(ValueError):
         _invalid_normal()
 
 
-def test_wrappers_take_exactly_the_originals_parameters(originals: dict[str, Any], ppo: Any, obs: np.ndarray) -> None:
+def test_wrappers_take_exactly_the_originals_parameters(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
     import inspect
 
     def message(call: Any) -> str:
@@ -1074,13 +999,13 @@ def test_wrappers_take_exactly_the_originals_parameters(originals: dict[str, Any
 
     bad_calls = [
         lambda: ppo.policy.predict(),
-        lambda: ppo.policy.predict(obs, unknown=1),
-        lambda: ppo.policy.predict(obs, None, None, True, "one too many"),
+        lambda: ppo.policy.predict(ppo_obs, unknown=1),
+        lambda: ppo.policy.predict(ppo_obs, None, None, True, "one too many"),
     ]
     expected = [message(call) for call in bad_calls]
     sb3_tensorpatch.enable()
-    for target, (owner, name) in _targets().items():
-        if target != _VALIDATE:
+    for target, (owner, name) in patch_targets().items():
+        if target != VALIDATE:
             # the wrapper's own parameters (not only the ones inspect finds through __wrapped__)
             own = inspect.signature(owner.__dict__[name], follow_wrapped=False)
             assert own == inspect.signature(originals[target]), target
