@@ -207,6 +207,37 @@ def stack(observations: list[Any]) -> Any:
     return np.stack(observations)
 
 
+def box_numpy(batch: int | None = 2, seed: int = 5) -> np.ndarray:
+    """NumPy observations of ``observation_space("Box")``: a batch of ``batch``, or one for ``None``."""
+    samples = sample_observations(observation_space("Box"), batch or 1, seed)
+    return samples[0] if batch is None else stack(samples)
+
+
+def dict_numpy(batch: int | None = None, seed: int = 3) -> dict[str, np.ndarray]:
+    """NumPy observations of ``observation_space("Dict")``: a batch of ``batch``, or one for ``None``."""
+    samples = sample_observations(observation_space("Dict"), batch or 1, seed)
+    return {key: np.asarray(value) for key, value in samples[0].items()} if batch is None else stack(samples)
+
+
+def numpy_dtype(tensor: Any) -> np.dtype[Any]:
+    """The NumPy dtype of a tensor's dtype."""
+    import torch
+
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+
+
+def assert_tensor_like(got: Any, want: Any) -> None:
+    """``got`` is a CPU tensor with the shape, dtype and bits of the NumPy path's result ``want``."""
+    import torch
+
+    want = np.asarray(want)
+    assert isinstance(got, torch.Tensor), f"expected a tensor, got {type(got).__name__}"
+    assert got.device.type == "cpu"
+    assert tuple(got.shape) == want.shape, f"shape {tuple(got.shape)}, NumPy path gives {want.shape}"
+    assert numpy_dtype(got) == want.dtype, f"dtype {got.dtype}, NumPy path gives {want.dtype}"
+    assert_same_bits(got, want)
+
+
 def raw_observation_space(model: Any) -> Any:
     """The space users' observations come from (channel-last for ImageLast, before VecTransposeImage)."""
     env = model.get_env()
