@@ -8,24 +8,20 @@ it held before ``enable()``.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from helpers import (
     BASE_PREDICT,
-    VALIDATE,
     assert_originals,
     assert_patched,
     takes_tensor_route,
 )
-from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import table, validation
+from sb3_tensorpatch import table
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
@@ -201,88 +197,3 @@ def test_row_with_an_option_its_route_does_not_take_is_refused(originals: dict[s
         assert_originals(originals)
     finally:
         patcher.disable()
-
-
-# -- distribution argument validation ---------------------------------------------------------
-
-
-def _invalid_normal() -> Any:
-    return torch.distributions.Normal(torch.zeros(1), -torch.ones(1))
-
-
-def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
-    before = Distribution._validate_args
-    assert before is True  # torch's default (``__debug__``)
-    with pytest.raises(ValueError):
-        _invalid_normal()
-    sb3_tensorpatch.enable()
-    assert Distribution._validate_args == before
-    with pytest.raises(ValueError):
-        _invalid_normal()
-    assert takes_tensor_route(ppo, ppo_obs)  # the route switches validation off only for its own call
-    assert Distribution._validate_args == before
-    with pytest.raises(ValueError):
-        _invalid_normal()
-    sb3_tensorpatch.disable()
-    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
-    with pytest.raises(ValueError):
-        _invalid_normal()
-
-
-def test_validation_off_in_one_thread_only(originals: dict[str, Any]) -> None:
-    sb3_tensorpatch.enable()
-    inside = threading.Event()
-    release = threading.Event()
-    seen: dict[str, Any] = {}
-
-    def routed_thread() -> None:
-        validation._local.off = True  # what the tensor route does for its own thread
-        try:
-            seen["validate_args"] = Distribution._validate_args
-            try:
-                _invalid_normal()
-                seen["raised"] = False
-            except ValueError:
-                seen["raised"] = True
-            inside.set()
-            release.wait(timeout=30)
-        finally:
-            validation._local.off = False
-
-    thread = threading.Thread(target=routed_thread)
-    thread.start()
-    try:
-        assert inside.wait(timeout=30)
-        assert seen == {"validate_args": False, "raised": False}
-        # this thread, at the same moment, still validates
-        assert Distribution._validate_args is True
-        with pytest.raises(ValueError):
-            _invalid_normal()
-    finally:
-        release.set()
-        thread.join(timeout=30)
-    sb3_tensorpatch.disable()
-    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
-
-
-def test_thread_local_switch_has_no_effect_when_disabled() -> None:
-    validation._local.off = True
-    try:
-        with pytest.raises(ValueError):
-            _invalid_normal()
-    finally:
-        validation._local.off = False
-
-
-def test_user_default_set_while_enabled_wins(originals: dict[str, Any]) -> None:
-    sb3_tensorpatch.enable()
-    try:
-        Distribution.set_default_validate_args(False)
-        _invalid_normal()  # the user's setting applies
-        sb3_tensorpatch.disable()
-        assert Distribution.__dict__["_validate_args"] is False  # disable() leaves the user's value alone
-        _invalid_normal()
-    finally:
-        Distribution._validate_args = originals[VALIDATE]
-    with pytest.raises(ValueError):
-        _invalid_normal()
