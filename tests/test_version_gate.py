@@ -1,8 +1,10 @@
-"""Patch lifecycle tests, in the style of ddtrace's ``PatchTestCase``.
+"""The version gate as ``enable()`` applies it: a release older than the table's is refused and nothing
+is patched; a newer one is patched with a warning while the signatures match and refused when they do
+not; a row naming a target, a parameter or an option that does not fit is refused before anything is
+patched. And ``status()``, which reports the versions and what is patched.
 
-Every test starts and ends with the patch disabled. The invariant checked throughout is the one the
-contract calls "undo is exact": after ``disable()`` each class's ``__dict__`` holds the very object
-it held before ``enable()``.
+(``test_versions.py`` checks the table's row selection per release, and runs in the version matrix;
+these tests pretend other versions on the installed one.)
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from sb3_tensorpatch import table
 from sb3_tensorpatch.patcher import Patcher
 from sb3_tensorpatch.table import ROWS, select_rows
 
-_POLICY_KWARGS = {"net_arch": [16]}
-
 # SB3's own numpy path turns a CPU tensor into an array with np.array(), which numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 # -- status -----------------------------------------------------------------------------------
 
 
-def test_status_reports_versions_and_patchedpatch_targets() -> None:
+def test_status_reports_versions_and_patched_targets() -> None:
     import sb3_contrib
     import stable_baselines3
 
@@ -86,13 +86,6 @@ def test_too_old_sb3_is_refused(originals: dict[str, Any], monkeypatch: pytest.M
     status = sb3_tensorpatch.status()
     assert not status.supported
     assert status.error is not None and "1.7.0" in status.error
-
-
-def test_select_rows_refuses_too_old_versions() -> None:
-    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match=r"1\.7\.0.*1\.8\.0"):
-        select_rows(versions={table.SB3: "1.7.0", table.CONTRIB: None})
-    with pytest.raises(sb3_tensorpatch.UnsupportedVersionError, match="not installed"):
-        select_rows(versions={table.SB3: None, table.CONTRIB: None})
 
 
 def test_failed_enable_does_not_leak_into_a_later_scope(
@@ -154,6 +147,9 @@ def test_newer_version_with_other_signatures_is_refused(
     finally:
         patcher.disable()
     assert_originals(originals)
+
+
+# -- rows that do not fit ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("which", [0, -1], ids=["first-row", "last-row"])
