@@ -13,8 +13,6 @@ import sb3_tensorpatch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import BASE_PREDICT, snapshot
-
 # the tests use tiny tensors: one intra-op thread is faster and does not fight the other workers
 torch.set_num_threads(1)
 
@@ -42,6 +40,8 @@ def enabled() -> Iterator[sb3_tensorpatch.Status]:
 def originals() -> dict[str, Any]:
     """What SB3's and torch's classes hold for every target before this module enables anything:
     undo is exact when each holds the very same object again (``helpers.assert_originals``)."""
+    from helpers import BASE_PREDICT, snapshot
+
     from sb3_tensorpatch import table
 
     sb3_tensorpatch.disable()
