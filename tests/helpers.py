@@ -6,6 +6,7 @@ Works on every supported SB3 release: gym 0.21 API for SB3 1.x, gymnasium for 2.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from typing import Any
 
@@ -26,6 +27,11 @@ try:
     import sb3_contrib
 except ImportError:  # pragma: no cover - matrix without contrib
     sb3_contrib = None
+
+#: what a class's ``__dict__`` holds for an attribute it does not define (``None`` could be a value)
+MISSING = object()
+BASE_PREDICT = "stable_baselines3.common.policies:BasePolicy.predict"
+VALIDATE = "torch.distributions:Distribution._validate_args"
 
 
 class SpaceEnv(gym.Env):  # type: ignore[misc]
@@ -201,8 +207,109 @@ def stack(observations: list[Any]) -> Any:
     return np.stack(observations)
 
 
+def box_numpy(batch: int | None = 2, seed: int = 5) -> np.ndarray:
+    """NumPy observations of ``observation_space("Box")``: a batch of ``batch``, or one for ``None``."""
+    samples = sample_observations(observation_space("Box"), batch or 1, seed)
+    return samples[0] if batch is None else stack(samples)
+
+
+def dict_numpy(batch: int | None = None, seed: int = 3) -> dict[str, np.ndarray]:
+    """NumPy observations of ``observation_space("Dict")``: a batch of ``batch``, or one for ``None``."""
+    samples = sample_observations(observation_space("Dict"), batch or 1, seed)
+    return {key: np.asarray(value) for key, value in samples[0].items()} if batch is None else stack(samples)
+
+
+def numpy_dtype(tensor: Any) -> np.dtype[Any]:
+    """The NumPy dtype of a tensor's dtype."""
+    import torch
+
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
+
+
+def assert_tensor_like(got: Any, want: Any) -> None:
+    """``got`` is a CPU tensor with the shape, dtype and bits of the NumPy path's result ``want``."""
+    import torch
+
+    want = np.asarray(want)
+    assert isinstance(got, torch.Tensor), f"expected a tensor, got {type(got).__name__}"
+    assert got.device.type == "cpu"
+    assert tuple(got.shape) == want.shape, f"shape {tuple(got.shape)}, NumPy path gives {want.shape}"
+    assert numpy_dtype(got) == want.dtype, f"dtype {got.dtype}, NumPy path gives {want.dtype}"
+    assert_same_bits(got, want)
+
+
 def raw_observation_space(model: Any) -> Any:
     """The space users' observations come from (channel-last for ImageLast, before VecTransposeImage)."""
     env = model.get_env()
     inner = getattr(env, "venv", None)
     return (inner or env).observation_space
+
+
+# -- what enable() replaces, and checks that disable() put it back --------------------------------
+
+
+def _resolve_owner(module: str, owner: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in owner.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def patch_targets() -> dict[str, tuple[Any, str]]:
+    """Every ``(class, attribute)`` the selection for the installed versions patches, by target name,
+    plus ``Distribution._validate_args`` (under :data:`VALIDATE`).
+
+    Cached on first use (with the real installed versions), so that tests which pretend other
+    versions still check the real targets.
+    """
+    from torch.distributions import Distribution
+
+    from sb3_tensorpatch.table import select_rows
+
+    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in select_rows().rows}
+    found[VALIDATE] = (Distribution, "_validate_args")
+    return found
+
+
+def snapshot() -> dict[str, Any]:
+    """What each class's ``__dict__`` holds now for each target (:data:`MISSING` if nothing)."""
+    return {target: owner.__dict__.get(name, MISSING) for target, (owner, name) in patch_targets().items()}
+
+
+def assert_originals(originals: dict[str, Any]) -> None:
+    """Undo is exact: every class holds the very object it held in ``originals`` (a :func:`snapshot`)."""
+    for target, (owner, name) in patch_targets().items():
+        assert owner.__dict__.get(name, MISSING) is originals[target], f"{target} was not restored by identity"
+
+
+def assert_patched(originals: dict[str, Any]) -> None:
+    """Every target holds our wrapper (our descriptor for validation), directly around the original."""
+    from sb3_tensorpatch import validation, wrappers
+
+    for target, (owner, name) in patch_targets().items():
+        entry = owner.__dict__.get(name, MISSING)
+        assert entry is not originals[target], f"{target} is not patched"
+        if target == VALIDATE:
+            assert isinstance(entry, validation.ValidationDefault)
+        else:
+            assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
+            assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
+
+
+def force_restore(originals: dict[str, Any]) -> None:
+    """Put every original back by hand (cleanup after tests that expose undo bugs)."""
+    for target, (owner, name) in patch_targets().items():
+        if owner.__dict__.get(name, MISSING) is not originals[target]:
+            if originals[target] is MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, originals[target])
+
+
+def takes_tensor_route(model: Any, observation: np.ndarray) -> bool:
+    """Whether ``model.predict`` takes the tensor route (a tensor comes back)."""
+    import torch
+
+    actions, _ = model.predict(torch.as_tensor(observation), deterministic=True)
+    return isinstance(actions, torch.Tensor)

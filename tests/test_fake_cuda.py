@@ -38,18 +38,12 @@ from helpers import (
 )
 from test_vecnormalize import DICT_BOXES, box_obs, dict_env, dict_obs, pendulum, rewards
 
-import sb3_tensorpatch
 from sb3_tensorpatch.routes import _mask_width
 from sb3_tensorpatch.validation import no_validation
 
 GRID = [(algo, obs, act) for algo, acts in ACTIONS.items() for obs in OBS_KINDS for act in acts]
 
-
-@pytest.fixture(autouse=True)
-def _enabled() -> Any:
-    sb3_tensorpatch.enable()
-    yield
-    sb3_tensorpatch.disable()
+pytestmark = pytest.mark.usefixtures("enabled")
 
 
 def _assert_no_syncs(call: Callable[[], Any], label: str) -> None:

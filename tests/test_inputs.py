@@ -1,4 +1,4 @@
-"""Hardening of the tensor route: bad input, odd but valid input, and concurrency.
+"""Hardening of the tensor route: bad input, NaN, odd but valid input.
 
 Bad input must give a clear error (the exception type and a message naming what was expected),
 raised before any work (the policy's ``_predict`` is never reached), with the patch state intact and
@@ -6,8 +6,7 @@ the next valid call working.
 
 Odd but valid input must give the NumPy path's result.
 
-Concurrency: tensor predicts inside per-thread ``patched()`` scopes, NumPy predicts and
-``enable()`` / ``disable()`` loops run at once; no exception, no wrong action, exact undo at the end.
+(Concurrency, tensor predicts in many threads' scopes at once, is tested in ``test_scopes.py``.)
 
 Every test starts with the patch enabled explicitly and ends with it disabled.
 """
@@ -16,33 +15,34 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
-import sys
-import threading
-import time
-import traceback
 import types
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_bits, build, observation_space, sample_observations, sb3_contrib, stack
-from stable_baselines3.common.policies import BasePolicy
-from torch.distributions import Distribution
+from helpers import (
+    assert_tensor_like,
+    box_numpy,
+    build,
+    dict_numpy,
+    numpy_dtype,
+    observation_space,
+    sample_observations,
+    sb3_contrib,
+    stack,
+)
 
 import sb3_tensorpatch
 from sb3_tensorpatch import notices, plans, routes, validation
-from sb3_tensorpatch.table import select_rows
 from sb3_tensorpatch.testing import assert_predict_parity, to_tensor
 
 # SB3's own numpy path turns a CPU tensor into an array with np.array() (and np.transpose() on a
-# tensor image), which numpy 2 warns about: it happens in the stress test while a concurrent
-# disable() sends a tensor to SB3's original.
+# tensor image), which numpy 2 warns about, wherever a tensor reaches SB3's original.
 pytestmark = [
+    pytest.mark.usefixtures("enabled"),
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
@@ -56,16 +56,6 @@ DISCRETE = ("PPO", "Discrete", "Discrete")
 DQN = ("DQN", "Box", "Discrete")
 MASK = ("MaskablePPO", "Box", "Discrete")
 LSTM = ("RecurrentPPO", "Box", "Discrete", "MlpLstmPolicy")
-_MISSING = object()
-
-
-@pytest.fixture(autouse=True)
-def _enabled() -> Any:
-    sb3_tensorpatch.disable()
-    sb3_tensorpatch.enable()
-    assert sb3_tensorpatch.is_enabled()
-    yield
-    sb3_tensorpatch.disable()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -79,62 +69,39 @@ def _own(*key: str) -> Any:
     return build(*key, verbose=0)
 
 
-def _dict_np(batch: int | None = None, seed: int = 3) -> dict[str, np.ndarray]:
-    samples = sample_observations(observation_space("Dict"), batch or 1, seed)
-    return {key: np.asarray(value) for key, value in samples[0].items()} if batch is None else stack(samples)
-
-
 def _dict_t(batch: int | None = None, **override: Any) -> dict[str, Any]:
-    obs = to_tensor(_dict_np(batch))
+    obs = to_tensor(dict_numpy(batch))
     obs.update(override)
     return obs  # type: ignore[no-any-return]
-
-
-def _box_np(batch: int | None = 2, seed: int = 5) -> np.ndarray:
-    samples = sample_observations(observation_space("Box"), batch or 1, seed)
-    return samples[0] if batch is None else stack(samples)
 
 
 def _valid(key: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
     """A valid numpy observation (and extra predict arguments) for the model ``key``."""
     if key == DICT:
-        return _dict_np(), {}
+        return dict_numpy(), {}
     if key == IMAGE:
         return stack(sample_observations(observation_space("ImageLast"), 2, 7)), {}
     if key == MASK:
         masks = np.array([[True, False, True, True], [False, False, True, False]])
-        return _box_np(), {"action_masks": masks}
+        return box_numpy(), {"action_masks": masks}
     if key == LSTM:
-        return _box_np(), {"episode_start": np.array([1.0, 0.0], dtype=np.float32)}
-    return _box_np(), {}
+        return box_numpy(), {"episode_start": np.array([1.0, 0.0], dtype=np.float32)}
+    return box_numpy(), {}
 
 
 def _tensors(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: to_tensor(value) for key, value in kwargs.items()}
 
 
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype[Any]:
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
-
-
-def _same_array(got: Any, want: Any) -> None:
-    want = np.asarray(want)
-    assert isinstance(got, torch.Tensor), f"expected a tensor, got {type(got).__name__}"
-    assert got.device.type == "cpu"
-    assert tuple(got.shape) == want.shape, f"shape {tuple(got.shape)}, NumPy path gives {want.shape}"
-    assert _numpy_dtype(got) == want.dtype, f"dtype {got.dtype}, NumPy path gives {want.dtype}"
-    assert_same_bits(got, want)
-
-
 def _assert_same(actual: tuple[Any, Any], expected: tuple[Any, Any]) -> None:
     """``predict`` results: tensor actions (and LSTM states) equal to the NumPy path's."""
-    _same_array(actual[0], expected[0])
+    assert_tensor_like(actual[0], expected[0])
     if expected[1] is None:
         assert actual[1] is None
     else:
         assert len(actual[1]) == len(expected[1])
         for got, want in zip(actual[1], expected[1]):
-            _same_array(got, want)
+            assert_tensor_like(got, want)
 
 
 class Spy:
@@ -430,7 +397,7 @@ def test_dict_value_that_is_no_array_gives_a_type_error_naming_the_key(monkeypat
     model = _own(*DICT)
     spies = _work_spies(model, DICT, monkeypatch)
     with pytest.raises(TypeError):  # the NumPy path's exception type for the same dict
-        model.predict({**_dict_np(), "disc": None})
+        model.predict({**dict_numpy(), "disc": None})
     with pytest.raises(TypeError, match="'disc'"):
         model.predict(_dict_t(disc=None))
     assert len(spies[0].calls) == 0
@@ -474,7 +441,7 @@ def test_nan_observation_gives_nan_actions_where_numpy_raises(key: tuple[str, ..
 def test_nan_rows_stay_in_their_rows() -> None:
     """Only the actions of observations holding a NaN are NaN; the others equal the NumPy path's."""
     model = build(*BOX)
-    obs = _box_np(4)
+    obs = box_numpy(4)
     actions, _ = model.predict(
         torch.from_numpy(np.where(np.arange(4)[:, None] == 1, np.nan, obs).astype(np.float32)), deterministic=True
     )
@@ -482,7 +449,7 @@ def test_nan_rows_stay_in_their_rows() -> None:
     clean = [0, 2, 3]
     # against the clean batch of the same size: a batch of another size may take another matmul
     # kernel, whose last bits differ; each row's result does not depend on the other rows' values
-    _same_array(actions[clean], model.predict(obs, deterministic=True)[0][clean])
+    assert_tensor_like(actions[clean], model.predict(obs, deterministic=True)[0][clean])
 
 
 @pytest.mark.parametrize("act", ["Discrete", "MultiDiscrete"])
@@ -528,7 +495,7 @@ def test_nan_observation_stochastic_discrete_raises_torch_runtime_error(act: str
     assert torch.is_grad_enabled()
     assert not getattr(validation._local, "off", False)
     assert sb3_tensorpatch.is_enabled()
-    obs = _box_np()
+    obs = box_numpy()
     _assert_same(model.predict(torch.from_numpy(obs), deterministic=True), model.predict(obs, deterministic=True))
 
 
@@ -542,7 +509,7 @@ def test_nan_observation_matches_numpy_without_distributions(key: tuple[str, ...
     model = build(*key)
     expected = model.predict(_NAN, deterministic=deterministic)
     actual = model.predict(torch.from_numpy(_NAN), deterministic=deterministic)
-    _same_array(actual[0], expected[0])  # NaN compares equal to NaN here
+    assert_tensor_like(actual[0], expected[0])  # NaN compares equal to NaN here
 
 
 # -- odd but valid input ----------------------------------------------------------------------
@@ -551,13 +518,13 @@ def test_nan_observation_matches_numpy_without_distributions(key: tuple[str, ...
 @pytest.mark.parametrize("key", [BOX, ("SAC", "Box", "Box"), DQN], ids="-".join)
 def test_requires_grad_observation_keeps_no_graph(key: tuple[str, ...]) -> None:
     model = build(*key)
-    obs = _box_np(3)
+    obs = box_numpy(3)
     tensor = torch.tensor(obs, requires_grad=True)
     actions, _ = model.predict(tensor, deterministic=True)
     assert not actions.requires_grad and actions.grad_fn is None
     assert not actions.is_inference()
     assert torch.is_grad_enabled()
-    _same_array(actions, model.predict(obs, deterministic=True)[0])
+    assert_tensor_like(actions, model.predict(obs, deterministic=True)[0])
     # the result works in ordinary autograd code, and nothing flows back into the observation
     weight = torch.ones(actions.shape, dtype=torch.float32, requires_grad=True)
     (actions.float() * weight).sum().backward()
@@ -567,12 +534,12 @@ def test_requires_grad_observation_keeps_no_graph(key: tuple[str, ...]) -> None:
 
 def test_requires_grad_dict_observation() -> None:
     model = build(*DICT)
-    obs = _dict_np(3)
+    obs = dict_numpy(3)
     tensors = to_tensor(obs)
     tensors["vec"].requires_grad_(True)
     actions, _ = model.predict(tensors, deterministic=True)
     assert not actions.requires_grad
-    _same_array(actions, model.predict(obs, deterministic=True)[0])
+    assert_tensor_like(actions, model.predict(obs, deterministic=True)[0])
 
 
 def _strided(array: np.ndarray) -> torch.Tensor:
@@ -586,7 +553,7 @@ def _strided(array: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize("how", ["transposed", "strided", "strided-single", "expanded"])
 def test_non_contiguous_box_observation(how: str) -> None:
     model = build(*BOX)
-    obs = _box_np(5)
+    obs = box_numpy(5)
     if how == "transposed":
         tensor = torch.as_tensor(np.ascontiguousarray(obs.T)).t()
     elif how == "strided":
@@ -620,7 +587,7 @@ def test_non_contiguous_channel_last_image(batched: bool) -> None:
 @pytest.mark.parametrize("batched", [False, True])
 def test_other_dtypes_for_a_float32_box(dtype: Any, batched: bool) -> None:
     model = build(*BOX)
-    obs = _box_np(4 if batched else None)
+    obs = box_numpy(4 if batched else None)
     if np.issubdtype(dtype, np.integer):
         obs = np.abs(obs * 2)  # in [0, 6): representable by every integer type
     assert_predict_parity(model, obs.astype(dtype))
@@ -628,7 +595,7 @@ def test_other_dtypes_for_a_float32_box(dtype: Any, batched: bool) -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64])
 def test_wide_unsigned_dtypes_for_a_float32_box(dtype: Any) -> None:
-    assert_predict_parity(build(*BOX), np.abs(_box_np(4) * 1000).astype(dtype))
+    assert_predict_parity(build(*BOX), np.abs(box_numpy(4) * 1000).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int16])
@@ -697,7 +664,7 @@ def test_empty_batch_gives_an_empty_action_batch(key: tuple[str, ...], determini
     actions, state = model.predict(to_tensor(empty), deterministic=deterministic)
     assert isinstance(actions, torch.Tensor)
     assert tuple(actions.shape) == (0, *model.action_space.shape)
-    assert _numpy_dtype(actions) == reference.dtype
+    assert numpy_dtype(actions) == reference.dtype
     if key == LSTM:
         assert [tuple(value.shape) for value in state] == [(1, 0, 8), (1, 0, 8)]
     try:
@@ -723,7 +690,7 @@ def test_dict_mixing_tensors_and_arrays_gives_the_numpy_result(batch: int | None
     if numpy_key == "disc-as-python-int" and batch is not None:
         pytest.skip("a python int is a single Discrete observation")
     model = build(*DICT)
-    obs = _dict_np(batch)
+    obs = dict_numpy(batch)
     mixed: dict[str, Any] = {key: torch.as_tensor(value) for key, value in obs.items()}
     if numpy_key == "disc-as-python-int":
         mixed["disc"] = int(obs["disc"])
@@ -786,235 +753,3 @@ def test_observation_on_cuda_policy_on_cpu_and_back(key: tuple[str, ...]) -> Non
         assert_predict_parity(model, obs, device="cuda", batched=True, **kwargs)
         policy = copy.deepcopy(model.policy).to("cuda")
         assert_predict_parity(policy, obs, device="cpu", batched=True, **kwargs)
-
-
-# -- concurrency ------------------------------------------------------------------------------
-
-
-def _targets() -> dict[str, tuple[Any, str]]:
-    found: dict[str, tuple[Any, str]] = {}
-    for row in select_rows().rows:
-        owner: Any = importlib.import_module(row.module)
-        for part in row.owner.split("."):
-            owner = getattr(owner, part)
-        found[row.target] = (owner, row.attribute)
-    found["torch.distributions:Distribution._validate_args"] = (Distribution, "_validate_args")
-    return found
-
-
-def _snapshot(targets: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-    return {target: owner.__dict__.get(name, _MISSING) for target, (owner, name) in targets.items()}
-
-
-@dataclass
-class Job:
-    key: tuple[str, ...]
-    model: Any
-    numpy_obs: Any
-    tensor_obs: Any
-    numpy_actions: np.ndarray
-    tensor_actions: torch.Tensor
-
-    def owner(self) -> tuple[Any, Any]:
-        """A private copy for one thread: ``(model or None, policy)``.
-
-        SB3 policies are not thread-safe to share, with or without this package: ``_predict`` stores
-        the distribution it builds on the policy (``policy.action_dist.distribution``) and reads it
-        back, so two threads predicting with one policy can get each other's actions. Measured on
-        SB3 2.9.2 with ``sb3_tensorpatch`` never imported: 2 wrong results (and a squeeze
-        ``ValueError``) in 5144 numpy predicts by 10 threads sharing one PPO policy. Hence one copy
-        per thread. Models wrapped in ``VecTransposeImage`` (the Dict job) cannot be deep-copied:
-        their threads copy the policy only.
-        """
-        if self.key == DICT:
-            return None, copy.deepcopy(self.model.policy)
-        model = copy.deepcopy(self.model)
-        return model, model.policy
-
-
-def _jobs() -> list[Job]:
-    """Fixed observations with their expected actions, precomputed single-threaded."""
-    cases = [
-        (("PPO", "Box", "Box"), _box_np(None)),  # clipped Box actions, single observation
-        (("PPO", "Box", "Box"), _box_np(6)),
-        (("SAC", "Box", "Box"), _box_np(5)),  # unscaled Box actions
-        (("DQN", "Box", "Discrete"), _box_np(4)),  # DQN.predict over BasePolicy.predict
-        (DICT, _dict_np(3)),
-    ]
-    jobs = []
-    for key, obs in cases:
-        model = build(*key)
-        numpy_actions, _ = model.predict(obs, deterministic=True)
-        with sb3_tensorpatch.patched():
-            tensor_actions, _ = model.predict(to_tensor(obs), deterministic=True)
-        _same_array(tensor_actions, numpy_actions)
-        jobs.append(Job(key, model, obs, to_tensor(obs), numpy_actions, tensor_actions))
-    # the Box jobs must actually be clipped / unscaled, so that a raw _predict output would be wrong
-    for job in jobs[1:3]:
-        with torch.no_grad():  # a graph left on the shared policy's distribution would block deepcopy
-            raw = job.model.policy._predict(job.tensor_obs, deterministic=True)
-        assert not torch.allclose(raw, job.tensor_actions)
-    return jobs
-
-
-def _verdict(actions: Any, state: Any, job: Job) -> str:
-    """'tensor' (the route's right result), 'numpy' (SB3's original path's right result) or 'wrong'."""
-    if state is not None:
-        return "wrong"
-    if isinstance(actions, torch.Tensor):
-        want = job.tensor_actions
-        ok = (
-            actions.device == want.device
-            and actions.shape == want.shape
-            and actions.dtype == want.dtype
-            and torch.equal(actions, want)
-        )
-        return "tensor" if ok else "wrong"
-    if isinstance(actions, np.ndarray):
-        want_np = job.numpy_actions
-        ok = (
-            actions.shape == want_np.shape
-            and actions.dtype == want_np.dtype
-            and np.array_equal(actions, want_np)
-        )
-        return "numpy" if ok else "wrong"
-    return "wrong"
-
-
-def _stress(duration: float, disabling: bool) -> tuple[Counter[str], list[str]]:
-    """8 threads predict tensors in their own scopes, 2 predict numpy, 2 toggle the patch.
-
-    With ``disabling``, the togglers alternate ``enable()`` / ``disable()``; otherwise they call
-    ``enable()`` and open and close their own scopes, and never disable. Tensor threads alternate
-    ``model.predict`` and ``model.policy.predict`` (looked up on every call: a bound method taken
-    while the patch is off keeps SB3's original).
-    """
-    jobs = _jobs()
-    stop = threading.Event()
-    counts: Counter[str] = Counter()
-    problems: list[str] = []
-    lock = threading.Lock()
-
-    def record(name: str, problem: str | None = None) -> None:
-        with lock:
-            counts[name] += 1
-            if problem is not None and len(problems) < 20:
-                problems.append(problem)
-
-    def guarded(body: Callable[[int], None]) -> Callable[[], None]:
-        def run() -> None:
-            calls = 0
-            try:
-                while not stop.is_set():
-                    body(calls)
-                    calls += 1
-            except BaseException:
-                record("exception", traceback.format_exc())
-
-        return run
-
-    def tensor_worker(index: int) -> Callable[[int], None]:
-        job = jobs[index % len(jobs)]
-        model, policy = job.owner()
-
-        def body(call: int) -> None:
-            with sb3_tensorpatch.patched():
-                if not disabling and not sb3_tensorpatch.is_enabled():
-                    record("scope broken", f"thread {index}: patch off inside an open scope")
-                if model is not None and call % 2 == 0:
-                    actions, state = model.predict(job.tensor_obs, deterministic=True)
-                else:
-                    actions, state = policy.predict(job.tensor_obs, deterministic=True)
-            verdict = _verdict(actions, state, job)
-            bad = verdict == "wrong" or (verdict == "numpy" and not disabling)
-            record(verdict, f"thread {index} ({job.key}): {verdict} result {actions!r}" if bad else None)
-
-        return body
-
-    def numpy_worker(index: int) -> Callable[[int], None]:
-        job = jobs[(2 * index + 1) % len(jobs)]
-        model, _ = job.owner()
-
-        def body(call: int) -> None:
-            actions, state = model.predict(job.numpy_obs, deterministic=True)
-            ok = _verdict(actions, state, job) == "numpy"
-            record("numpy calls", None if ok else f"numpy thread {index} ({job.key}): {actions!r}")
-
-        return body
-
-    def toggler(call: int) -> None:
-        sb3_tensorpatch.enable()
-        time.sleep(0.0005)
-        if disabling:
-            sb3_tensorpatch.disable()
-        else:
-            with sb3_tensorpatch.patched():
-                pass
-        time.sleep(0.0005)
-        record("toggles")
-
-    bodies = [tensor_worker(i) for i in range(8)] + [numpy_worker(i) for i in range(2)] + [toggler, toggler]
-    threads = [threading.Thread(target=guarded(body), daemon=True) for body in bodies]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)  # switch threads 50x more often than by default: more interleavings
-    try:
-        for thread in threads:
-            thread.start()
-        time.sleep(duration)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        sys.setswitchinterval(interval)
-    assert not any(thread.is_alive() for thread in threads), "a thread hangs"
-    print(f"\nstress ({'enable/disable' if disabling else 'enable only'}, {duration} s, 12 threads): {dict(counts)}")
-    return counts, problems
-
-
-def test_stress_tensor_scopes_numpy_and_enable_disable() -> None:
-    """A tensor predict in a scope either returns the right tensor actions, or, only while a
-    concurrent ``disable()`` (a hard off that ends every scope) races it, goes to SB3's original path
-    and returns the right NumPy actions. Never an exception, a wrong or half-processed result."""
-    sb3_tensorpatch.disable()
-    targets = _targets()
-    originals = _snapshot(targets)
-    base_predict = BasePolicy.__dict__["predict"]
-
-    counts, problems = _stress(3.0, disabling=True)
-
-    assert problems == []
-    assert counts["wrong"] == 0 and counts["exception"] == 0
-    assert counts["tensor"] > 0, "no tensor predict ever took the tensor route"
-    assert counts["tensor"] + counts["numpy"] >= 8 * 3
-    assert counts["numpy calls"] >= 2 * 3
-    assert counts["toggles"] >= 2 * 3
-    sb3_tensorpatch.disable()
-    assert not sb3_tensorpatch.is_enabled()
-    assert BasePolicy.__dict__["predict"] is base_predict
-    after = _snapshot(targets)
-    for target in targets:
-        assert after[target] is originals[target], f"{target} was not restored by identity"
-    # and the patch still works afterwards
-    job = _jobs()[1]
-    assert not sb3_tensorpatch.is_enabled()
-    with sb3_tensorpatch.patched():
-        assert _verdict(*job.model.predict(job.tensor_obs, deterministic=True), job) == "tensor"
-
-
-def test_stress_enable_only_never_breaks_a_scope() -> None:
-    """Without ``disable()``, every tensor predict in a scope takes the tensor route."""
-    sb3_tensorpatch.disable()
-    targets = _targets()
-    originals = _snapshot(targets)
-
-    counts, problems = _stress(1.5, disabling=False)
-
-    assert problems == []
-    assert counts["numpy"] == 0 and counts["wrong"] == 0 and counts["scope broken"] == 0
-    assert counts["exception"] == 0
-    assert counts["tensor"] >= 8 * 3
-    assert counts["toggles"] >= 2 * 3
-    sb3_tensorpatch.disable()
-    after = _snapshot(targets)
-    for target in targets:
-        assert after[target] is originals[target], f"{target} was not restored by identity"

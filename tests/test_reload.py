@@ -12,27 +12,11 @@ from typing import Any, Callable
 
 import pytest
 import torch
-from helpers import build, sample_observations, stack
+from helpers import BASE_PREDICT, VALIDATE, assert_originals, build, patch_targets, sample_observations, snapshot, stack
 from torch.distributions import Distribution
 
 import sb3_tensorpatch
-from sb3_tensorpatch import _state, patcher, routes, table, validation, wrappers
-
-_MISSING = object()
-
-
-def _targets() -> dict[str, tuple[type, str]]:
-    """Every (class, attribute) that enable() replaces for the installed versions."""
-    found = {}
-    for row in table.select_rows().rows:
-        target = patcher._resolve(row)
-        found[row.target] = (target.owner, row.attribute)
-    found["Distribution._validate_args"] = (Distribution, "_validate_args")
-    return found
-
-
-def _snapshot() -> dict[str, Any]:
-    return {target: owner.__dict__.get(name, _MISSING) for target, (owner, name) in _targets().items()}
+from sb3_tensorpatch import _state, patcher, routes, validation, wrappers
 
 
 def _autoreload(module: types.ModuleType) -> None:
@@ -74,22 +58,15 @@ def obs(model: Any) -> torch.Tensor:
     return torch.as_tensor(stack(sample_observations(model.observation_space, 3, seed=0)))
 
 
-@pytest.fixture
-def originals() -> dict[str, Any]:
-    sb3_tensorpatch.disable()
-    return _snapshot()
-
-
 def _assert_restored(originals: dict[str, Any]) -> None:
     assert not sb3_tensorpatch.is_enabled()
-    for target, entry in _snapshot().items():
-        assert entry is originals[target], f"{target} was not restored by identity"
+    assert_originals(originals)
 
 
 def _assert_patched_and_routing(originals: dict[str, Any], model: Any, obs: torch.Tensor) -> None:
     assert sb3_tensorpatch.is_enabled()
     assert sb3_tensorpatch.status().patched
-    for target, entry in _snapshot().items():
+    for target, entry in snapshot().items():
         assert entry is not originals[target], f"{target} is not patched"
     actions, _ = model.predict(obs, deterministic=True)
     expected = torch.as_tensor(model.predict(obs.numpy(), deterministic=True)[0])
@@ -101,7 +78,7 @@ def _assert_patched_and_routing(originals: dict[str, Any], model: Any, obs: torc
         assert Distribution._validate_args is False
     finally:
         routes._validation.off = False
-    assert Distribution._validate_args is originals["Distribution._validate_args"]
+    assert Distribution._validate_args is originals[VALIDATE]
 
 
 @pytest.mark.parametrize("reload", list(RELOADS))
@@ -143,7 +120,7 @@ def test_reload_while_disabled(reload: str, originals: dict[str, Any], model: An
 
 def test_reload_keeps_a_wrapper_installed_before_it_recognised(originals: dict[str, Any]) -> None:
     sb3_tensorpatch.enable()
-    owner, name = _targets()["stable_baselines3.common.policies:BasePolicy.predict"]
+    owner, name = patch_targets()[BASE_PREDICT]
     wrapper = owner.__dict__[name]
     importlib.reload(patcher)
     assert wrappers.is_wrapper(wrapper)

@@ -14,12 +14,7 @@ from helpers import build, observation_space, sample_observations, stack
 import sb3_tensorpatch
 from sb3_tensorpatch import plans
 
-
-@pytest.fixture(autouse=True)
-def _enabled() -> Any:
-    sb3_tensorpatch.enable()
-    yield
-    sb3_tensorpatch.disable()
+pytestmark = pytest.mark.usefixtures("enabled")
 
 
 def _modes(policy: Any) -> list[bool]:

@@ -1,7 +1,9 @@
-"""``@patched`` on generator functions, ``async def`` functions and async generator functions.
+"""``patched()`` scopes: nesting, exceptions, and the decorator forms on plain functions, generator
+functions, ``async def`` functions and async generator functions.
 
-The scope opens when the generator or coroutine starts running and closes when it finishes, is
-closed or raises; ``predict(tensor)`` inside returns a tensor.
+A scope restores the state it found on entry; ``disable()`` ends every scope at once. On a generator
+or coroutine the scope opens when it starts running and closes when it finishes, is closed or raises;
+``predict(tensor)`` inside returns a tensor. (Scopes in many threads at once: ``test_threads.py``.)
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from typing import Any, AsyncIterator, Iterator
 import numpy as np
 import pytest
 import torch
-from helpers import build, sample_observations, stack
+from helpers import (
+    assert_originals,
+    assert_patched,
+    build,
+    sample_observations,
+    snapshot,
+    stack,
+    takes_tensor_route,
+)
 
 import sb3_tensorpatch
 from sb3_tensorpatch import patched
+
+# SB3's own numpy path turns a CPU tensor into an array with np.array(), which numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +54,191 @@ def _check_tensor_actions(model: Any, obs: torch.Tensor, actions: Any) -> None:
     assert isinstance(actions, torch.Tensor), type(actions)
     expected = torch.as_tensor(model.predict(obs.numpy(), deterministic=True)[0])
     assert actions.dtype == expected.dtype and actions.shape == expected.shape and torch.equal(actions, expected)
+
+
+# -- scopes -----------------------------------------------------------------------------------
+
+
+def test_enable_then_scope_stays_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    before = snapshot()
+    with sb3_tensorpatch.patched() as status:
+        assert status.enabled
+        for target in originals:
+            assert snapshot()[target] is before[target]
+    assert sb3_tensorpatch.is_enabled()
+    after = snapshot()
+    for target in originals:
+        assert after[target] is before[target], f"{target} changed across a scope"
+    sb3_tensorpatch.disable()
+    assert_originals(originals)
+
+
+def test_scope_without_enable(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
+    with sb3_tensorpatch.patched() as status:
+        assert status.enabled is True
+        assert sb3_tensorpatch.is_enabled()
+        assert_patched(originals)
+        assert takes_tensor_route(ppo, ppo_obs)
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+    assert not takes_tensor_route(ppo, ppo_obs)
+
+
+def test_nested_scopes(originals: dict[str, Any]) -> None:
+    with sb3_tensorpatch.patched():
+        outer = snapshot()
+        with sb3_tensorpatch.patched():
+            assert_patched(originals)  # no wrapper around a wrapper
+            inner = snapshot()
+            for target in originals:
+                assert inner[target] is outer[target]
+        assert sb3_tensorpatch.is_enabled()
+        assert_patched(originals)
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_one_scope_object_reused_nested(originals: dict[str, Any]) -> None:
+    scope = sb3_tensorpatch.patched()
+    with scope:
+        with scope:
+            assert sb3_tensorpatch.is_enabled()
+        assert sb3_tensorpatch.is_enabled()
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+@pytest.mark.parametrize("enabled_on_entry", [False, True])
+def test_disable_inside_scope(originals: dict[str, Any], enabled_on_entry: bool) -> None:
+    if enabled_on_entry:
+        sb3_tensorpatch.enable()
+    with sb3_tensorpatch.patched():
+        with sb3_tensorpatch.patched():
+            sb3_tensorpatch.disable()
+            assert not sb3_tensorpatch.is_enabled()  # disabled right away, every scope ended
+            assert_originals(originals)
+        # each scope restores the state it found on entry: the inner one too
+        assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    if enabled_on_entry:
+        assert_patched(originals)
+    else:
+        assert_originals(originals)
+
+
+def test_enable_inside_scope(originals: dict[str, Any]) -> None:
+    with sb3_tensorpatch.patched():
+        status = sb3_tensorpatch.enable()
+        assert status.enabled
+        assert_patched(originals)
+    # the scope restores the state found on entry: disabled
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_enable_inside_scope_entered_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    with sb3_tensorpatch.patched():
+        sb3_tensorpatch.enable()
+    assert sb3_tensorpatch.is_enabled()
+    assert_patched(originals)
+
+
+@pytest.mark.parametrize("enabled_on_entry", [False, True])
+def test_exception_inside_scope(originals: dict[str, Any], enabled_on_entry: bool) -> None:
+    if enabled_on_entry:
+        sb3_tensorpatch.enable()
+    with pytest.raises(KeyError, match="inside the scope"):
+        with sb3_tensorpatch.patched():
+            with sb3_tensorpatch.patched():
+                assert sb3_tensorpatch.is_enabled()
+                raise KeyError("inside the scope")
+    assert sb3_tensorpatch.is_enabled() is enabled_on_entry
+    if enabled_on_entry:
+        assert_patched(originals)
+    else:
+        assert_originals(originals)
+
+
+# -- decorator forms --------------------------------------------------------------------------
+
+
+def test_decorator_with_call(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched()
+    def inside(value: int) -> tuple[bool, int]:
+        return sb3_tensorpatch.is_enabled(), value + 1
+
+    assert not sb3_tensorpatch.is_enabled()  # decorating does not patch
+    assert inside(1) == (True, 2)
+    assert inside(2) == (True, 3)  # a fresh scope per call
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_bare_decorator(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched
+    def inside(*, key: str) -> tuple[bool, str]:
+        """Docstring kept."""
+        return sb3_tensorpatch.is_enabled(), key
+
+    assert inside.__name__ == "inside"
+    assert inside.__doc__ == "Docstring kept."
+    assert not sb3_tensorpatch.is_enabled()
+    assert inside(key="k") == (True, "k")
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_decorated_function_called_recursively(originals: dict[str, Any]) -> None:
+    seen: list[bool] = []
+
+    @sb3_tensorpatch.patched
+    def recurse(depth: int) -> int:
+        seen.append(sb3_tensorpatch.is_enabled())
+        return 0 if depth == 0 else 1 + recurse(depth - 1)
+
+    assert recurse(5) == 5
+    assert seen == [True] * 6
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_decorated_function_that_raises(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched()
+    def fails() -> None:
+        assert sb3_tensorpatch.is_enabled()
+        raise ValueError("from the decorated function")
+
+    with pytest.raises(ValueError, match="from the decorated function"):
+        fails()
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_decorated_recursion_that_raises_at_the_bottom(originals: dict[str, Any]) -> None:
+    @sb3_tensorpatch.patched
+    def recurse(depth: int) -> None:
+        if depth == 0:
+            raise LookupError("bottom")
+        recurse(depth - 1)
+
+    with pytest.raises(LookupError, match="bottom"):
+        recurse(3)
+    assert not sb3_tensorpatch.is_enabled()
+    assert_originals(originals)
+
+
+def test_decorator_when_already_enabled(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+
+    @sb3_tensorpatch.patched
+    def inside() -> bool:
+        return sb3_tensorpatch.is_enabled()
+
+    assert inside()
+    assert sb3_tensorpatch.is_enabled()
+    assert_patched(originals)
 
 
 # -- generators -------------------------------------------------------------------------------

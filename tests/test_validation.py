@@ -2,7 +2,8 @@
 
 Every distribution built anywhere in the process reads it (training too), so a read must not raise
 and swallow an exception in a thread that never used the tensor route; the per-thread switch the
-routes use (``validation._local.off``) keeps its interface and meaning.
+routes use (``validation._local.off``) keeps its interface and meaning. Validation is off only inside
+the tensor route, for the thread running it; a default the user sets wins, and ``disable()`` leaves it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
+from helpers import VALIDATE, takes_tensor_route
 from torch.distributions import Distribution, Normal
 
 import sb3_tensorpatch
@@ -40,6 +43,9 @@ def _in_new_thread(function: Callable[[], Any]) -> Any:
 def default() -> Any:
     sb3_tensorpatch.disable()
     return Distribution.__dict__["_validate_args"]
+
+
+# -- the switch and the descriptor ------------------------------------------------------------
 
 
 def test_switch_reads_off_in_a_thread_that_never_set_it() -> None:
@@ -113,3 +119,88 @@ def test_user_default_set_while_enabled_wins(default: Any) -> None:
         assert Distribution.__dict__["_validate_args"] is (not default)  # left alone by disable()
     finally:
         Distribution._validate_args = default
+
+
+# -- around the tensor route ------------------------------------------------------------------
+
+
+def _invalid_normal() -> Any:
+    return torch.distributions.Normal(torch.zeros(1), -torch.ones(1))
+
+
+def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: Any, ppo_obs: np.ndarray) -> None:
+    before = Distribution._validate_args
+    assert before is True  # torch's default (``__debug__``)
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    sb3_tensorpatch.enable()
+    assert Distribution._validate_args == before
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    assert takes_tensor_route(ppo, ppo_obs)  # the route switches validation off only for its own call
+    assert Distribution._validate_args == before
+    with pytest.raises(ValueError):
+        _invalid_normal()
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
+    with pytest.raises(ValueError):
+        _invalid_normal()
+
+
+def test_validation_off_in_one_thread_only(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    inside = threading.Event()
+    release = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def routed_thread() -> None:
+        validation._local.off = True  # what the tensor route does for its own thread
+        try:
+            seen["validate_args"] = Distribution._validate_args
+            try:
+                _invalid_normal()
+                seen["raised"] = False
+            except ValueError:
+                seen["raised"] = True
+            inside.set()
+            release.wait(timeout=30)
+        finally:
+            validation._local.off = False
+
+    thread = threading.Thread(target=routed_thread)
+    thread.start()
+    try:
+        assert inside.wait(timeout=30)
+        assert seen == {"validate_args": False, "raised": False}
+        # this thread, at the same moment, still validates
+        assert Distribution._validate_args is True
+        with pytest.raises(ValueError):
+            _invalid_normal()
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is originals[VALIDATE]
+
+
+def test_thread_local_switch_has_no_effect_when_disabled() -> None:
+    validation._local.off = True
+    try:
+        with pytest.raises(ValueError):
+            _invalid_normal()
+    finally:
+        validation._local.off = False
+
+
+def test_user_default_set_while_enabled_is_applied(originals: dict[str, Any]) -> None:
+    sb3_tensorpatch.enable()
+    try:
+        Distribution.set_default_validate_args(False)
+        _invalid_normal()  # the user's setting applies
+        sb3_tensorpatch.disable()
+        assert Distribution.__dict__["_validate_args"] is False  # disable() leaves the user's value alone
+        _invalid_normal()
+    finally:
+        Distribution._validate_args = originals[VALIDATE]
+    with pytest.raises(ValueError):
+        _invalid_normal()

@@ -49,12 +49,7 @@ DICT_CASES = {
     "keys-mixed-space": (DICT_MIXED, ["pos", "vel"]),
 }
 
-
-@pytest.fixture(autouse=True)
-def _enabled() -> Any:
-    sb3_tensorpatch.enable()
-    yield
-    sb3_tensorpatch.disable()
+pytestmark = pytest.mark.usefixtures("enabled")
 
 
 # -- environments ---------------------------------------------------------------------------------
