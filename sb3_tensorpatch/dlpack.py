@@ -157,7 +157,7 @@ def _fix(value: Any) -> str:
     if device_type not in (0, 1, 2, 3, 10, 11, 13):
         return f"It lives on {device}, which torch cannot use: move it to the CPU or a GPU torch supports first."
     return (
-        "Pass a dtype torch supports (bool, integers, floats, complex), or numpy.asarray(...) for SB3's "
+        "Cast it to a dtype torch supports (bool, integers, floats, complex), or pass numpy.asarray(...) for SB3's "
         "NumPy path."
     )
 
