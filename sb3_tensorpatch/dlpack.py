@@ -15,10 +15,10 @@ holds one of its arrays, so it is imported already); another library's arrays co
 the array API's ``__array_namespace__().from_dlpack`` or its top-level ``from_dlpack``. This is
 decided once per type.
 
-What comes back has the dtype the library makes of torch's: the same one where the library has it
-(zero-copy then); JAX without ``jax_enable_x64`` turns 64-bit results (``int64`` Discrete actions,
-``float64`` actions of integer Box bounds and ``VecNormalize.unnormalize_obs`` results) into
-32-bit ones, exactly as ``jnp.asarray`` does with SB3's NumPy result.
+What comes back has torch's dtype where the library has it (zero-copy then). JAX without
+``jax_enable_x64`` has no 64-bit arrays: 64-bit results (``int64`` Discrete actions, ``float64``
+actions of integer Box bounds and ``VecNormalize.unnormalize_obs`` results) come back 32-bit, with
+the values ``jnp.asarray`` gives SB3's NumPy result (narrowed in torch first: see :func:`_jax_export`).
 """
 
 from __future__ import annotations
@@ -40,13 +40,53 @@ Export = Callable[[Tensor], Any]
 #: types that implement ``__dlpack__`` but are not foreign: torch's own, and NumPy's (SB3's input)
 _NOT_FOREIGN = (Tensor, np.ndarray, np.generic)
 
-#: top-level module of an array's type -> (the library's name, the module whose ``from_dlpack`` gives
-#: its arrays back)
-_KNOWN = {
-    "jax": ("JAX", "jax.dlpack"),
-    "jaxlib": ("JAX", "jax.dlpack"),
-    "cupy": ("CuPy", "cupy"),
-    "warp": ("Warp", "warp"),
+def _jax_export() -> Export:
+    """JAX's ``from_dlpack``, after narrowing 64-bit results in torch where JAX is without x64.
+
+    Without ``jax_enable_x64`` JAX holds no 64-bit arrays and would narrow them itself, on import,
+    flushing float32 subnormals to zero on the way. Narrowed here with torch's ``.to`` they get NumPy's
+    ``astype`` values, which is what ``jnp.asarray`` makes of SB3's NumPy result (and one copy fewer).
+    Whether x64 is on is asked on each call (``jax.enable_x64`` switches it in a scope).
+    """
+    from jax import dlpack as jax_dlpack
+    from jax import dtypes as jax_dtypes
+
+    from_dlpack = jax_dlpack.from_dlpack
+    canonical = jax_dtypes.canonicalize_dtype
+
+    def export(tensor: Tensor) -> Any:
+        wide = _WIDE.get(tensor.dtype)
+        if wide is not None:
+            narrow = _TORCH_DTYPES.get(np.dtype(canonical(wide)))
+            if narrow is not None and narrow != tensor.dtype:
+                tensor = tensor.to(narrow)
+        return from_dlpack(tensor)
+
+    return export
+
+
+def _module_export(module: str) -> Callable[[], Export]:
+    def load() -> Export:
+        return importlib.import_module(module).from_dlpack  # type: ignore[no-any-return]
+
+    return load
+
+
+#: torch's 64-bit dtypes and their NumPy twins (uint64 from torch 2.3 on)
+_WIDE: dict[torch.dtype, np.dtype[Any]] = {
+    getattr(torch, name): np.dtype(name) for name in ("int64", "uint64", "float64", "complex128") if hasattr(torch, name)
+}
+#: the 32-bit dtypes JAX narrows them to, as torch dtypes
+_TORCH_DTYPES: dict[np.dtype[Any], torch.dtype] = {
+    np.dtype(name): getattr(torch, name) for name in ("int32", "uint32", "float32", "complex64") if hasattr(torch, name)
+}
+
+#: top-level module of an array's type -> (the library's name, what gives its arrays back from tensors)
+_KNOWN: dict[str, tuple[str, Callable[[], Export]]] = {
+    "jax": ("JAX", _jax_export),
+    "jaxlib": ("JAX", _jax_export),
+    "cupy": ("CuPy", _module_export("cupy")),
+    "warp": ("Warp", _module_export("warp")),
 }
 
 #: DLPack device types, for the messages
@@ -108,7 +148,7 @@ def _find_exporter(value: object) -> Export:
     known = _KNOWN.get(package)
     function: Any = None
     if known is not None:
-        function = getattr(importlib.import_module(known[1]), "from_dlpack", None)
+        function = known[1]()
     if function is None and hasattr(value, "__array_namespace__"):
         try:
             function = getattr(value.__array_namespace__(), "from_dlpack", None)

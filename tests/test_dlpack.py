@@ -352,6 +352,23 @@ def test_zero_copy_both_ways() -> None:
     assert actions.dtype == jnp.float32 and actions.unsafe_buffer_pointer() in pointers.written
 
 
+def test_narrowing_without_x64_gives_jnp_asarray_values() -> None:
+    # JAX's own narrowing on import would flush the float32 subnormals to zero; jnp.asarray of SB3's
+    # NumPy result keeps them, and so does the route (it narrows in torch first, as NumPy's astype)
+    export = dlpack.exporter(jnp.zeros(1))
+    floats = np.array([1e-40, -3e-39, 0.1, 1 / 3, -0.0], dtype=np.float64)
+    ints = np.array([2**40 + 5, -1, 7], dtype=np.int64)
+    for value in (floats, ints):
+        got = export(torch.from_numpy(value))
+        assert got.dtype == WITHOUT_X64[value.dtype]
+        assert_same_bits(torch.from_dlpack(got), np.asarray(jnp.asarray(value)))
+    assert np.asarray(export(torch.from_numpy(floats)))[0] != 0.0  # the subnormal survives
+    with x64():
+        kept = export(torch.from_numpy(floats))
+        assert kept.dtype == jnp.float64
+        assert_same_bits(torch.from_dlpack(kept), floats)
+
+
 # -- errors -----------------------------------------------------------------------------------------
 
 
