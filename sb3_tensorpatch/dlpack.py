@@ -168,13 +168,12 @@ def _find_exporter(value: object) -> Export:
 
 def _import(value: Any, name: str) -> Tensor:
     """``torch.from_dlpack(value)``, or an error that names the library and the fix."""
-    strides = getattr(value, "strides", None)
-    if strides is not None and any(stride < 0 for stride in strides):
+    strides = getattr(value, "strides", None)  # CuPy's and Warp's arrays say (JAX's are always dense)
+    if isinstance(strides, tuple) and any(stride < 0 for stride in strides):
         # torch cannot view negative strides, and aborts the process on some DLPack exports of them
         raise ForeignArrayError(
-            f"Error: the value of {name} is {_describe(value)} with negative strides {tuple(strides)}, which torch cannot "
-            f"view: pass a contiguous copy (for example {library(type(value)).lower()}.ascontiguousarray) "
-            "or numpy.asarray for SB3's NumPy path."
+            f"Error: the value of {name} is {_describe(value)} with negative strides {strides}, which torch "
+            "cannot view: pass a contiguous copy of it, or numpy.asarray(...) for SB3's NumPy path."
         )
     try:
         return _from_dlpack(value)  # type: ignore[no-any-return]
