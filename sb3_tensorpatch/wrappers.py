@@ -88,15 +88,14 @@ def make_wrapper(function: Any, route: Route, first: str, record: Record) -> Cal
     from .dlpack import foreign_route
     from .observations import TENSOR, route_kind
 
-    signature = inspect.signature(function)
     namespace: dict[str, Any] = {
         "__name__": __name__,  # its frames are ours (warnings skip them to reach the caller)
         "_route": route, "_record": record, "_function": function, "_Tensor": Tensor,
         "_route_kind": route_kind, "_TENSOR": TENSOR,
-        "_foreign": foreign_route(route, tuple(signature.parameters)[1:]),
+        "_foreign": foreign_route(route, tuple(inspect.signature(function).parameters)[1:]),
     }
     plain = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
-    source = _source(signature, first, plain, namespace)
+    source = _source(inspect.signature(function), first, plain, namespace)
     # written from the checked signature's parameter names only; tracebacks name the target
     exec(compile(source, f"<sb3-tensorpatch wrapper of {record.target}>", "exec"), namespace)
     wrapper: Callable[..., Any] = namespace["wrapper"]
@@ -153,10 +152,10 @@ def _source(signature: inspect.Signature, first: str, plain: bool, namespace: di
     original = f"_function({arguments})" if plain else f"_function.__get__({instance}, type({instance}))({rest})"
     if declared is None and not plain:
         original = f"({original} if _args else _function(**_kwargs))"
-    # a tensor is told by one isinstance; anything else (NumPy first) by route_kind
     return (
         f"def wrapper({parameters}):\n"
         f"{guard}"
+        # a tensor is told by one isinstance; anything else (NumPy first) by route_kind
         f"    if {called}:\n"
         f"        if isinstance({observation}, _Tensor):\n"
         f"            return _route({arguments})\n"
