@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import ACTIONS, OBS_KINDS, algorithm_class, build, observation_space, sample_observations, stack
@@ -90,7 +91,8 @@ def test_no_host_reads_dlpack(algo: str, obs_kind: str, act_kind: str, determini
     space = observation_space(obs_kind)
     for obs in (sample_observations(space, 1, seed=3)[0], stack(sample_observations(space, 4, seed=4))):
         array = {key: jnp.asarray(value) for key, value in obs.items()} if isinstance(obs, dict) else jnp.asarray(obs)
-        model.predict(array, deterministic=deterministic)  # warm the caches
+        actions, _ = model.predict(array, deterministic=deterministic)  # warm the caches
+        assert not isinstance(actions, np.ndarray), "a JAX array went down SB3's NumPy path"
         allowed = _one_hot_reads(model.policy, obs)
         assert _count(lambda a=array: model.predict(a, deterministic=deterministic)) == allowed
         assert _count(lambda a=array: model.policy.predict(a, deterministic=deterministic)) == allowed
