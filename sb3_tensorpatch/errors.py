@@ -33,3 +33,9 @@ class SizeMismatchError(ValueError, RuntimeError):
 
 class StatePairError(ValueError, IndexError):
     """An LSTM state that is not a ``(hidden, cell)`` pair (SB3 fails indexing ``state[1]``)."""
+
+
+class ForeignArrayError(TypeError, ValueError):
+    """An array of another library (JAX, CuPy, Warp, ...) that cannot go through DLPack: torch cannot
+    import it (its dtype, strides or device), or its library cannot take the results back. SB3's NumPy
+    path fails on such arrays with a ``TypeError`` or ``ValueError``, depending on what it hits first."""

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from . import sb3
+from .dlpack import is_foreign
 from .errors import DictExpectedError, DictKeyError, ObservationTypeError, SizeMismatchError
 
 Tensor = torch.Tensor
 _STRIDED = torch.strided
+_ndarray = np.ndarray
 
 #: dtypes SB3's preprocessing can turn into network input (``.float()`` / ``.long()``); the wide
 #: unsigned ones exist from torch 2.3 on. Complex observations are SB3's too: its ``.float()`` keeps
@@ -31,18 +33,43 @@ NUMERIC_DTYPES = frozenset(
 )
 
 
-def is_tensor_input(observation: object) -> bool:
-    """Return whether ``observation`` takes the tensor route: a tensor, or a dict holding one.
+#: what :func:`route_kind` says about an observation: SB3's own path, the tensor route, or the
+#: tensor route through DLPack (:mod:`sb3_tensorpatch.dlpack`)
+NOT_ROUTED, TENSOR, FOREIGN = 0, 1, 2
+
+
+def route_kind(observation: object) -> int:
+    """Return where ``observation`` goes: :data:`TENSOR` for a tensor or a dict holding one,
+    :data:`FOREIGN` for another library's array (``__dlpack__``) or a dict holding one and no tensor,
+    else :data:`NOT_ROUTED` (NumPy arrays among them: SB3's own input, told apart first).
+
+    The wrapper asks this only after its own ``isinstance(observation, Tensor)`` failed.
 
     :param observation: the first argument given to ``predict``
     """
+    if type(observation) is _ndarray:
+        return NOT_ROUTED
     if isinstance(observation, Tensor):
-        return True
+        return TENSOR
     if isinstance(observation, dict):
-        for value in observation.values():
+        values = observation.values()
+        for value in values:
             if isinstance(value, Tensor):
-                return True
-    return False
+                return TENSOR
+        # a second pass, so that a dict of NumPy arrays (SB3's Dict input) costs one type check more per key
+        for value in values:
+            if type(value) is not _ndarray and is_foreign(value):
+                return FOREIGN
+        return NOT_ROUTED
+    return FOREIGN if is_foreign(observation) else NOT_ROUTED
+
+
+def is_tensor_input(observation: object) -> bool:
+    """Return whether ``observation`` takes the tensor route as it is: a tensor, or a dict holding one.
+
+    :param observation: the first argument given to ``predict``
+    """
+    return route_kind(observation) == TENSOR
 
 
 def _check_dtype(obs: Tensor, space: Any) -> None:

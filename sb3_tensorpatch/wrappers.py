@@ -2,7 +2,8 @@
 
 This module says *what* goes into SB3's classes; :mod:`sb3_tensorpatch.patcher` says *when* (enable,
 disable, scopes) and *where* (the patch table). A wrapper is a plain function generated from the
-target's own signature: tensors go to the tensor route, everything else to the entry it replaced.
+target's own signature: tensors go to the tensor route, other libraries' arrays to it through DLPack,
+everything else to the entry it replaced.
 
 Why generated functions and not wrapt ``FunctionWrapper`` proxies: a generated function binds and
 calls as a method of the class, as SB3's own does (a call allocates no ``*args`` tuple or ``**kwargs``
@@ -70,8 +71,11 @@ def make_wrapper(function: Any, route: Route, first: str, record: Record) -> Cal
     original's name, qualified name, module and docstring, and ``__wrapped__``, through which
     ``inspect.signature`` shows the original's parameters.
 
-    The decision is one ``isinstance`` on the observation; a dict observation goes to the route
-    when a value is a tensor. Once ``record.active`` is false every call goes to ``function``.
+    The decision is one ``isinstance`` on the observation; anything else is told by
+    :func:`~sb3_tensorpatch.observations.route_kind`: a dict observation goes to the route when a
+    value is a tensor, and another library's array (or a dict of them) to the route through DLPack
+    (:func:`~sb3_tensorpatch.dlpack.foreign_route`, built here once). Once ``record.active`` is false
+    every call goes to ``function``.
 
     :param function: the entry of the class's ``__dict__`` being replaced (SB3's function, or a
         wrapper someone installed before ``enable()``, called through the descriptor protocol)
@@ -81,11 +85,14 @@ def make_wrapper(function: Any, route: Route, first: str, record: Record) -> Cal
     """
     from torch import Tensor
 
-    from .observations import is_tensor_input
+    from .dlpack import foreign_route
+    from .observations import TENSOR, route_kind
 
     namespace: dict[str, Any] = {
         "__name__": __name__,  # its frames are ours (warnings skip them to reach the caller)
-        "_route": route, "_record": record, "_function": function, "_Tensor": Tensor, "_tensor_input": is_tensor_input,
+        "_route": route, "_record": record, "_function": function, "_Tensor": Tensor,
+        "_route_kind": route_kind, "_TENSOR": TENSOR,
+        "_foreign": foreign_route(route, tuple(inspect.signature(function).parameters)[1:]),
     }
     is_function = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
     source = _source(inspect.signature(function), first, is_function, namespace)
@@ -148,8 +155,13 @@ def _source(signature: inspect.Signature, first: str, is_function: bool, namespa
     return (
         f"def wrapper({parameters}):\n"
         f"{guard}"
-        f"    if {called} and (isinstance({observation}, _Tensor) or _tensor_input({observation})):\n"
-        f"        return _route({arguments})\n"
+        # a tensor is told by one isinstance; anything else (NumPy first) by route_kind
+        f"    if {called}:\n"
+        f"        if isinstance({observation}, _Tensor):\n"
+        f"            return _route({arguments})\n"
+        f"        _kind = _route_kind({observation})\n"
+        f"        if _kind:\n"
+        f"            return _route({arguments}) if _kind == _TENSOR else _foreign({observation}, {arguments})\n"
         f"    return {original}\n"
     )
 

@@ -52,6 +52,7 @@ def test_examples_are_all_covered() -> None:
         "test_with_fixture.py",
         "why_not_predict.py",
         "on_device_inference.py",
+        "jax_env_inference.py",
     }
     present = {path.name for path in EXAMPLES.glob("*.py")}
     assert present <= covered, f"examples without a smoke test: {sorted(present - covered)}"
@@ -110,3 +111,12 @@ def test_why_not_predict() -> None:
 def test_on_device_inference() -> None:
     output = _run("examples/on_device_inference.py", "--steps", "20")
     assert "inference steps" in output, output
+
+
+@pytest.mark.slow
+def test_jax_env_inference() -> None:
+    """A JAX env steps on its device and PPO predicts on JAX arrays (the DLPack entry)."""
+    pytest.importorskip("jax", reason="jax is not installed: `pip install -e '.[jax]'` runs this example")
+    output = _run("examples/jax_env_inference.py", "--steps", "20", "--n-envs", "16", "--timesteps", "512")
+    assert "every action was bit-identical to predict(numpy.asarray(obs))" in output, output
+    assert "mean return over the steps" in output, output

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import ACTIONS, OBS_KINDS, algorithm_class, build, observation_space, sample_observations, stack
@@ -79,6 +80,22 @@ def test_no_host_reads(algo: str, obs_kind: str, act_kind: str, deterministic: b
         allowed = _one_hot_reads(model.policy, obs)
         assert _count(lambda t=tensor: model.predict(t, deterministic=deterministic)) == allowed
         assert _count(lambda t=tensor: model.policy.predict(t, deterministic=deterministic)) == allowed
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "stoch"])
+@pytest.mark.parametrize("algo,obs_kind,act_kind", GRID, ids=["-".join(case) for case in GRID])
+def test_no_host_reads_dlpack(algo: str, obs_kind: str, act_kind: str, deterministic: bool) -> None:
+    """The DLPack entry: a JAX array in (torch.from_dlpack), a JAX array out, and no host read added."""
+    jnp = pytest.importorskip("jax.numpy", reason="jax is not installed: `pip install -e '.[jax]'` runs this test")
+    model = build(algo, obs_kind, act_kind)
+    space = observation_space(obs_kind)
+    for obs in (sample_observations(space, 1, seed=3)[0], stack(sample_observations(space, 4, seed=4))):
+        array = {key: jnp.asarray(value) for key, value in obs.items()} if isinstance(obs, dict) else jnp.asarray(obs)
+        actions, _ = model.predict(array, deterministic=deterministic)  # warm the caches
+        assert not isinstance(actions, np.ndarray), "a JAX array went down SB3's NumPy path"
+        allowed = _one_hot_reads(model.policy, obs)
+        assert _count(lambda a=array: model.predict(a, deterministic=deterministic)) == allowed
+        assert _count(lambda a=array: model.policy.predict(a, deterministic=deterministic)) == allowed
 
 
 @pytest.mark.parametrize(
