@@ -1,12 +1,15 @@
 """The version-aware patch table: which SB3 / sb3-contrib methods are patched, for which releases.
 
-Every row names one patch target, the releases it applies to, the route that handles tensor
+Every row names one patch target, the release it applies from, the route that handles tensor
 input for it, the route options that mirror per-release behaviour, and the parameters the target
-is expected to have. :func:`select_rows` picks the rows that fit the installed packages; the
-patcher then checks each target's signature against its row before it patches anything.
+is expected to have. A row applies up to the next row for the same target, or, for the newest
+row, up to the release the package was tested up to (:data:`TESTED_UP_TO`, the newest pair of
+:data:`RELEASES`). :func:`select_rows` picks the rows that fit the installed packages; the patcher
+then checks each target's signature against its row before it patches anything.
 
-Adding a new SB3 release is a change to this file only: widen the newest rows' ranges, or add a
-row where a release changed a target's behaviour.
+:data:`RELEASES` is the list of tested releases: the version matrix (``noxfile.py``), the version
+tests and the documentation read it. Adding a new SB3 release is one line there; a row is added
+only where a release changed a target's behaviour.
 
 This module imports neither torch nor SB3, so that ``status()``, the documentation and the pytest
 plugin can read the table cheaply.
@@ -14,7 +17,7 @@ plugin can read the table cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable
 
@@ -24,9 +27,51 @@ from packaging.version import InvalidVersion, Version
 SB3 = "stable-baselines3"
 CONTRIB = "sb3-contrib"
 
-#: The SB3 releases this version of the package was built and tested against.
-OLDEST_SUPPORTED = "1.8.0"
-NEWEST_SUPPORTED = "2.9.2"
+
+@dataclass(frozen=True)
+class Release:
+    """One SB3 release of the version matrix, with what its test environment needs.
+
+    :param sb3: the stable-baselines3 release
+    :param contrib: the sb3-contrib release that goes with it
+    :param pins: requirements installed next to them (gym or gymnasium, numpy)
+    :param pre: ``pip install`` argument lists run, in order, before the main install
+    :param supported: ``False`` for a release the package must refuse, with nothing patched
+    """
+
+    sb3: str
+    contrib: str
+    pins: tuple[str, ...]
+    pre: tuple[tuple[str, ...], ...] = ()
+    supported: bool = True
+
+
+_NP1 = "numpy==1.26.4"  # SB3 <= 2.4, gym 0.21 and gymnasium < 1.0 need numpy 1.x
+_NP2 = "numpy==2.4.6"
+# gym 0.21's setup.py builds only with old setuptools and wheel, and without build isolation so that
+# those are the ones used; pip >= 24.1 rejects its metadata ("opencv-python (>=3.)").
+_GYM021 = (("pip<24.1", "setuptools==65.5.0", "wheel==0.38.4"), ("--no-build-isolation", "gym==0.21.0", _NP1))
+
+#: The tested releases, oldest first: one line per SB3 release, the newest last.
+RELEASES: tuple[Release, ...] = (
+    Release("1.7.0", "1.7.0", ("gym==0.21.0", _NP1), _GYM021, supported=False),
+    Release("1.8.0", "1.8.0", ("gym==0.21.0", _NP1), _GYM021),
+    Release("2.0.0", "2.0.0", ("gymnasium==0.28.1", _NP1)),
+    Release("2.1.0", "2.1.0", ("gymnasium==0.29.1", _NP1)),
+    Release("2.2.1", "2.2.1", ("gymnasium==0.29.1", _NP1)),
+    Release("2.3.2", "2.3.0", ("gymnasium==0.29.1", _NP1)),
+    Release("2.4.1", "2.4.0", ("gymnasium==1.0.0", _NP1)),
+    Release("2.5.0", "2.5.0", ("gymnasium==1.0.0", _NP2)),
+    Release("2.6.0", "2.6.0", ("gymnasium==1.1.1", _NP2)),
+    Release("2.7.1", "2.7.1", ("gymnasium==1.2.3", _NP2)),
+    Release("2.8.0", "2.8.0", ("gymnasium==1.2.3", _NP2)),
+    Release("2.9.2", "2.9.2", ("gymnasium==1.4.0", _NP2)),
+)
+
+#: The newest release of each package this version of the package was tested against: the upper
+#: end of the newest rows. A newer release is patched with a warning when its signatures match.
+TESTED_UP_TO: dict[str, str] = {SB3: RELEASES[-1].sb3, CONTRIB: RELEASES[-1].contrib}
+NEWEST_SUPPORTED = TESTED_UP_TO[SB3]
 
 _PREDICT = ("observation", "state", "episode_start", "deterministic")
 _MASKABLE_PREDICT = (*_PREDICT, "action_masks")
@@ -34,22 +79,30 @@ _MASKABLE_PREDICT = (*_PREDICT, "action_masks")
 
 @dataclass(frozen=True)
 class Row:
-    """One patch target for a range of releases.
+    """One patch target, from one release on.
 
     :param package: the distribution that owns the target (``stable-baselines3`` or ``sb3-contrib``)
-    :param versions: the releases of ``package`` this row applies to, as a PEP 440 specifier set
+    :param since: the oldest release of ``package`` this row applies to
     :param target: ``"module:Class.method"``; the method must be defined in that class's ``__dict__``
     :param route: the name of the tensor route in :mod:`sb3_tensorpatch.routes`
     :param params: the parameter names the target must have, ``self`` excluded, in order
     :param options: route options that mirror a behaviour of these releases
+    :param until: where the row ends, as a PEP 440 clause (``"<2.5.0"``, ``"<=2.9.2"``); filled in
+        from the next row for the same target, or from :data:`TESTED_UP_TO`, when ``ROWS`` is built
     """
 
     package: str
-    versions: str
+    since: str
     target: str
     route: str
     params: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    until: str = ""
+
+    @property
+    def versions(self) -> str:
+        """The releases of ``package`` this row applies to, as a PEP 440 specifier set."""
+        return f">={self.since},{self.until}" if self.until else f">={self.since}"
 
     @property
     def module(self) -> str:
@@ -67,44 +120,54 @@ class Row:
         return SpecifierSet(self.versions).contains(version, prereleases=True)
 
 
-_SB3_ALL = ">=1.8.0,<=2.9.2"
-_CONTRIB_ALL = ">=1.8.0,<=2.9.2"
+def _with_upper_ends(rows: tuple[Row, ...], tested_up_to: dict[str, str]) -> tuple[Row, ...]:
+    """Close each row's range: before the next row for the same target, or at ``tested_up_to``."""
+    closed = []
+    for i, row in enumerate(rows):
+        following = next((later for later in rows[i + 1 :] if later.target == row.target), None)
+        until = f"<{following.since}" if following else f"<={tested_up_to[row.package]}"
+        closed.append(replace(row, until=until))
+    return tuple(closed)
 
-#: The patch table. Rows for one target must not overlap in their version ranges, and are listed
-#: oldest first: a release newer than every row gets the last one.
-ROWS: tuple[Row, ...] = (
-    # BasePolicy.predict serves every policy that does not override predict: PPO, A2C, SAC, TD3,
-    # DDPG, DQN's greedy branch, and contrib's QRDQN, TQC, TRPO, ARS and CrossQ.
-    Row(SB3, _SB3_ALL, "stable_baselines3.common.policies:BasePolicy.predict", "policy", _PREDICT),
-    # DQN.predict draws epsilon-greedy random actions itself, without reaching the policy.
-    Row(SB3, _SB3_ALL, "stable_baselines3.dqn.dqn:DQN.predict", "epsilon_greedy", _PREDICT),
-    # VecNormalize is numpy-only; these rows let a whole inference step stay on the device.
-    Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_obs",
-        "normalize_obs", ("obs",)),
-    Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_obs",
-        "unnormalize_obs", ("obs",)),
-    # normalize_reward casts its result to float32 from 2.5.0 on
-    Row(SB3, ">=1.8.0,<2.5.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
-        "normalize_reward", ("reward",), {"float32": False}),
-    Row(SB3, ">=2.5.0,<=2.9.2", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
-        "normalize_reward", ("reward",), {"float32": True}),
-    Row(SB3, _SB3_ALL, "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_reward",
-        "unnormalize_reward", ("reward",)),
-    # sb3-contrib
-    Row(CONTRIB, _CONTRIB_ALL, "sb3_contrib.qrdqn.qrdqn:QRDQN.predict", "epsilon_greedy", _PREDICT),
-    # MaskableActorCriticPolicy.predict: returns (actions, None) up to 2.2.1, (actions, state) after;
-    # reshapes the actions to the action shape before clipping from 2.8.0.
-    Row(CONTRIB, ">=1.8.0,<2.3.0", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
-        "maskable", _MASKABLE_PREDICT, {"returns_state": False, "reshape": False}),
-    Row(CONTRIB, ">=2.3.0,<2.8.0", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
-        "maskable", _MASKABLE_PREDICT, {"returns_state": True, "reshape": False}),
-    Row(CONTRIB, ">=2.8.0,<=2.9.2", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
-        "maskable", _MASKABLE_PREDICT, {"returns_state": True, "reshape": True}),
-    # RecurrentActorCriticPolicy.predict: LSTM states in and out; reshape before clip from 2.8.0.
-    Row(CONTRIB, ">=1.8.0,<2.8.0", "sb3_contrib.common.recurrent.policies:RecurrentActorCriticPolicy.predict",
-        "recurrent", _PREDICT, {"reshape": False}),
-    Row(CONTRIB, ">=2.8.0,<=2.9.2", "sb3_contrib.common.recurrent.policies:RecurrentActorCriticPolicy.predict",
-        "recurrent", _PREDICT, {"reshape": True}),
+
+#: The patch table. Rows for one target are listed oldest first; each applies from its ``since``
+#: up to the next one's.
+ROWS: tuple[Row, ...] = _with_upper_ends(
+    (
+        # BasePolicy.predict serves every policy that does not override predict: PPO, A2C, SAC, TD3,
+        # DDPG, DQN's greedy branch, and contrib's QRDQN, TQC, TRPO, ARS and CrossQ.
+        Row(SB3, "1.8.0", "stable_baselines3.common.policies:BasePolicy.predict", "policy", _PREDICT),
+        # DQN.predict draws epsilon-greedy random actions itself, without reaching the policy.
+        Row(SB3, "1.8.0", "stable_baselines3.dqn.dqn:DQN.predict", "epsilon_greedy", _PREDICT),
+        # VecNormalize is numpy-only; these rows let a whole inference step stay on the device.
+        Row(SB3, "1.8.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_obs",
+            "normalize_obs", ("obs",)),
+        Row(SB3, "1.8.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_obs",
+            "unnormalize_obs", ("obs",)),
+        # normalize_reward casts its result to float32 from 2.5.0 on
+        Row(SB3, "1.8.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
+            "normalize_reward", ("reward",), {"float32": False}),
+        Row(SB3, "2.5.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.normalize_reward",
+            "normalize_reward", ("reward",), {"float32": True}),
+        Row(SB3, "1.8.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_reward",
+            "unnormalize_reward", ("reward",)),
+        # sb3-contrib
+        Row(CONTRIB, "1.8.0", "sb3_contrib.qrdqn.qrdqn:QRDQN.predict", "epsilon_greedy", _PREDICT),
+        # MaskableActorCriticPolicy.predict: returns (actions, None) up to 2.2.1, (actions, state) after;
+        # reshapes the actions to the action shape before clipping from 2.8.0.
+        Row(CONTRIB, "1.8.0", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
+            "maskable", _MASKABLE_PREDICT, {"returns_state": False, "reshape": False}),
+        Row(CONTRIB, "2.3.0", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
+            "maskable", _MASKABLE_PREDICT, {"returns_state": True, "reshape": False}),
+        Row(CONTRIB, "2.8.0", "sb3_contrib.common.maskable.policies:MaskableActorCriticPolicy.predict",
+            "maskable", _MASKABLE_PREDICT, {"returns_state": True, "reshape": True}),
+        # RecurrentActorCriticPolicy.predict: LSTM states in and out; reshape before clip from 2.8.0.
+        Row(CONTRIB, "1.8.0", "sb3_contrib.common.recurrent.policies:RecurrentActorCriticPolicy.predict",
+            "recurrent", _PREDICT, {"reshape": False}),
+        Row(CONTRIB, "2.8.0", "sb3_contrib.common.recurrent.policies:RecurrentActorCriticPolicy.predict",
+            "recurrent", _PREDICT, {"reshape": True}),
+    ),
+    TESTED_UP_TO,
 )
 
 

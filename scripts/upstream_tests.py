@@ -7,17 +7,17 @@ without it (NumPy input goes to SB3's original code untouched).
 
 What it does, per suite (``sb3``, ``contrib``):
 
-1. Downloads the sdist of the installed version into ``WORKDIR/downloads`` (cached):
-   ``pip download --no-deps --no-binary :all: NAME==VERSION``, and checks that it ships ``tests/``.
-   If it does not, older sdists of the same package (PyPI only) are tried, newest first, and the
-   version actually used is printed loudly.
+1. Downloads the sdist of the installed version into ``WORKDIR/downloads`` (cached) with
+   ``pip download --no-deps --no-binary :all:`` and unpacks it. If it ships no ``tests/``, older
+   sdists of the same package are tried, newest first, and the version used is printed loudly.
 2. Copies ``tests/`` and upstream's pytest configuration file into a fresh run folder, once for the
    plain run and once for the patched run, so that one run's leftovers cannot affect the other.
-3. Runs the selected test files with the same interpreter twice: plain, then with the patch enabled
-   for the whole run by the ``sb3tp_upstream_plugin`` pytest plugin (``scripts/upstream/``, loaded
-   with ``-p`` and ``PYTHONPATH``). That plugin calls ``enable()`` in ``pytest_configure``, checks
-   after every test that the patch is still on, and fails the session if it was ever found off.
-4. Compares the outcome of every test id (from ``--junitxml``) between the two runs.
+3. Runs the selected test files with the same interpreter twice, both with the
+   ``sb3tp_upstream_plugin`` pytest plugin (``scripts/upstream/``): it leaves out the deselected
+   tests and records the outcome of every test id. In the patched run it also enables the patch
+   for the whole run, checks after every test that it is still on, and fails the session if it was
+   ever found off. The two runs differ only in that.
+4. Compares the outcome of every test id between the two runs.
 
 Exit status: 0 when every test has the same outcome in both runs (and the patch stayed on; a test
 that fails the same way in both runs is reported as an upstream/environment failure, not counted);
@@ -32,22 +32,17 @@ Usage::
     python scripts/upstream_tests.py --self-check      # prove the harness catches injected faults (~15 s)
     python scripts/upstream_tests.py --python /path/to/venv/bin/python --suite sb3
 
-Notes:
+Both runs get the same environment: ``PYTHONPATH=scripts/upstream:<repo root>`` (so the checkout's
+``sb3_tensorpatch`` is the one tested), ``PYTHONHASHSEED=0``, ``OMP_NUM_THREADS=--threads`` (1 by
+default: torch's default of one thread per core made these small-network tests ~5x slower on a
+shared 2-core machine), and no ``PYTEST_ADDOPTS`` / ``PYTEST_PLUGINS``. Upstream's own pytest
+configuration is used (``-c`` on its copy, which also keeps pytest from picking up this repository's
+pyproject.toml), with ``-o addopts=`` so that a ``--cov`` added upstream cannot change the runs.
+Test dependencies beyond SB3/sb3-contrib/pytest: ``tqdm`` and ``rich`` (``progress_bar=True`` in
+sb3-contrib's ``test_invalid_actions.py::test_callback``); every module the selected files import
+is checked before running.
 
-- Both runs get the same environment: ``PYTHONPATH=scripts/upstream:<repo root>`` (so the checkout's
-  ``sb3_tensorpatch`` is the one tested), ``PYTHONHASHSEED=0``, ``OMP_NUM_THREADS=--threads`` (1 by
-  default: torch's default of one thread per core made these small-network tests ~5x slower on a
-  shared 2-core machine), and no ``PYTEST_ADDOPTS`` / ``PYTEST_PLUGINS``. The only difference is
-  ``-p sb3tp_upstream_plugin``.
-- Upstream's own pytest configuration is used (``-c`` on its pyproject.toml/setup.cfg copy, which
-  also keeps pytest from picking up this repository's pyproject.toml), with ``-o addopts=`` so that a
-  ``--cov`` or similar added upstream cannot change or break the runs. SB3/sb3-contrib 2.9.2 set no
-  ``addopts`` and no ``filterwarnings = error``; their ``filterwarnings`` ignores and markers apply.
-- Test dependencies beyond SB3/sb3-contrib/pytest: ``tqdm`` and ``rich`` (``progress_bar=True`` in
-  sb3-contrib's ``test_invalid_actions.py::test_callback``). Every module the selected files import
-  is checked before running; a missing one is reported with its ``pip install`` name.
-
-Standard library only (Python >= 3.8).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -62,7 +57,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -86,10 +80,9 @@ class UpstreamFile:
 
 @dataclass(frozen=True)
 class Deselect:
-    """``kind`` is ``"m"`` (a ``-m`` marker expression), ``"k"`` (a ``-k`` expression) or ``"id"``
-    (a ``--deselect`` node id prefix, relative to the run folder)."""
+    """Tests the plugin leaves out: those with an upstream ``marker``, or a test function ``name``."""
 
-    kind: str
+    kind: str  # "marker" or "name"
     value: str
     why: str
     ci_only: bool = False
@@ -107,8 +100,8 @@ class Suite:
     runtime_modules: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def _ci_k(test: str, why: str) -> Deselect:
-    return Deselect("k", f"not {test}", why, ci_only=True)
+def _ci_only(test: str, why: str) -> Deselect:
+    return Deselect("name", test, why, ci_only=True)
 
 
 SUITES: dict[str, Suite] = {
@@ -138,20 +131,20 @@ SUITES: dict[str, Suite] = {
         ),
         deselect=(
             Deselect(
-                "m",
-                "not expensive",
+                "marker",
+                "expensive",
                 "upstream marks it expensive: test_save_load.py::test_save_load_large_model (a large net to disk)",
             ),
             # The CI subset (measured with --durations on the 2-core dev box): drop the slowest tests that
             # only train, keep every test that checks what predict() returns.
-            _ci_k(
+            _ci_only(
                 "test_features_extractor_target_net",
                 "CI: 34 s of off-policy CNN training; checks target nets, not predict",
             ),
-            _ci_k("test_dict_vec_framestack", "CI: 25 s; VecFrameStack + Dict training (test_dict_spaces stays)"),
-            _ci_k("test_multiprocessing", "CI: 22 s; SubprocVecEnv + Dict training"),
-            _ci_k("test_identity_spaces", "CI: 24 s; learns to a reward threshold (test_action_spaces etc. stay)"),
-            _ci_k("test_auto_wrap", "CI: 8 s; gym.Env auto-wrapping + learn(100), which the other files exercise"),
+            _ci_only("test_dict_vec_framestack", "CI: 25 s; VecFrameStack + Dict training (test_dict_spaces stays)"),
+            _ci_only("test_multiprocessing", "CI: 22 s; SubprocVecEnv + Dict training"),
+            _ci_only("test_identity_spaces", "CI: 24 s; learns to a reward threshold (test_action_spaces etc. stay)"),
+            _ci_only("test_auto_wrap", "CI: 8 s; gym.Env auto-wrapping + learn(100), which the other files exercise"),
         ),
     ),
     "contrib": Suite(
@@ -173,13 +166,13 @@ SUITES: dict[str, Suite] = {
         ),
         deselect=(
             Deselect(
-                "m",
-                "not slow",
+                "marker",
+                "slow",
                 "upstream marks it slow: test_lstm.py::test_ppo_lstm_performance (long training to a reward threshold)",
             ),
-            _ci_k("test_dict_vec_framestack", "CI: 17 s; VecFrameStack + Dict training (test_dict_spaces stays)"),
-            _ci_k("test_feature_extractor_target_net", "CI: 9 s; checks target nets, not predict"),
-            _ci_k("test_supports_multi_envs", "CI: 11 s; SubprocVecEnv training (masked predict tests stay)"),
+            _ci_only("test_dict_vec_framestack", "CI: 17 s; VecFrameStack + Dict training (test_dict_spaces stays)"),
+            _ci_only("test_feature_extractor_target_net", "CI: 9 s; checks target nets, not predict"),
+            _ci_only("test_supports_multi_envs", "CI: 11 s; SubprocVecEnv training (masked predict tests stay)"),
         ),
         runtime_modules={
             # test_invalid_actions.py::test_callback uses learn(..., progress_bar=True)
@@ -193,7 +186,8 @@ SUITES: dict[str, Suite] = {
 # comparison must report the differences and the lost patch, or the harness proves nothing.
 SELF_CHECK_FILES = ("test_predict.py",)
 SELF_CHECK_DESELECT = (
-    Deselect("k", "not test_auto_wrap and not test_subclassed_space_env", "self-check: keep it quick"),
+    Deselect("name", "test_auto_wrap", "self-check: keep it quick"),
+    Deselect("name", "test_subclassed_space_env", "self-check: keep it quick"),
 )
 SELF_CHECK_FAULTS = "numpy,disable"
 
@@ -221,20 +215,6 @@ def selected_deselects(suite: Suite, budget: str) -> list[Deselect]:
     return [d for d in suite.deselect if budget == "ci" or not d.ci_only]
 
 
-def deselect_args(deselects: Sequence[Deselect]) -> list[str]:
-    args: list[str] = []
-    marks = [d.value for d in deselects if d.kind == "m"]
-    keys = [d.value for d in deselects if d.kind == "k"]
-    if marks:
-        args += ["-m", " and ".join(f"({m})" for m in marks)]
-    if keys:
-        args += ["-k", " and ".join(f"({k})" for k in keys)]
-    for d in deselects:
-        if d.kind == "id":
-            args += ["--deselect", d.value]
-    return args
-
-
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
@@ -255,10 +235,7 @@ def fmt_s(seconds: float) -> str:
 
 PROBE = r"""
 import importlib.util, json, sys
-try:
-    from importlib import metadata
-except ImportError:  # pragma: no cover
-    import importlib_metadata as metadata
+from importlib import metadata
 out = {"python": sys.version.split()[0], "executable": sys.executable, "versions": {}, "modules": {}}
 for dist in ("stable-baselines3", "sb3-contrib", "pytest", "torch", "gymnasium", "numpy", "sb3-tensorpatch", "pytest-xdist"):
     try:
@@ -315,55 +292,33 @@ def pip_cmd(python: str) -> list[str]:
     raise SetupError("no pip found (neither in --python nor in the interpreter running this script)")
 
 
-def sdist_path(downloads: Path, suite: Suite, version: str) -> Path | None:
-    for ext in (".tar.gz", ".zip"):
-        path = downloads / f"{suite.sdist_stem}-{version}{ext}"
-        if path.exists():
-            return path
-    return None
-
-
-def download_sdist(pip: list[str], downloads: Path, suite: Suite, version: str) -> Path:
-    cached = sdist_path(downloads, suite, version)
-    if cached is not None:
-        log(f"  [{suite.key}] using cached {cached.relative_to(downloads.parent)}")
-        return cached
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", f"{suite.dist}=={version}", "-d", str(downloads)]
-    log(f"  [{suite.key}] $ {' '.join(cmd)}")
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SetupError(
-            f"pip download of {suite.dist}=={version} failed (exit {proc.returncode}):\n"
-            + "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            + f"\n(offline? put {suite.sdist_stem}-{version}.tar.gz from PyPI into {downloads})"
-        )
-    path = sdist_path(downloads, suite, version)
-    if path is None:
-        raise SetupError(f"pip download succeeded but no {suite.sdist_stem}-{version} sdist is in {downloads}")
-    log(f"  [{suite.key}] downloaded {path.name} in {fmt_s(time.monotonic() - t0)}")
-    return path
-
-
-def sdist_members(path: Path) -> list[str]:
-    if path.suffix == ".zip":
-        import zipfile
-
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    with tarfile.open(path) as tf:
-        return tf.getnames()
-
-
-def sdist_test_files(path: Path) -> list[str]:
-    """Names of ``tests/test_*.py`` inside the sdist (without the top folder)."""
-    out = []
-    for name in sdist_members(path):
-        parts = name.split("/")
-        if len(parts) == 3 and parts[1] == "tests" and parts[2].startswith("test_") and parts[2].endswith(".py"):
-            out.append(parts[2])
-    return sorted(out)
+def unpacked_sdist(pip: list[str], workdir: Path, suite: Suite, version: str) -> Path:
+    """Download (cached) and unpack the sdist of ``suite.dist==version``; return its top folder."""
+    top = workdir / "src" / f"{suite.sdist_stem}-{version}"
+    if top.is_dir():
+        return top
+    downloads = workdir / "downloads"
+    archives = [downloads / f"{suite.sdist_stem}-{version}{ext}" for ext in (".tar.gz", ".zip")]
+    if not any(path.exists() for path in archives):
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", f"{suite.dist}=={version}", "-d", str(downloads)]
+        log(f"  [{suite.key}] $ {' '.join(cmd)}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SetupError(
+                f"pip download of {suite.dist}=={version} failed (exit {proc.returncode}):\n"
+                + "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+                + f"\n(offline? put {suite.sdist_stem}-{version}.tar.gz from PyPI into {downloads})"
+            )
+    archive = next((path for path in archives if path.exists()), None)
+    if archive is None:
+        raise SetupError(f"no {suite.sdist_stem}-{version} sdist in {downloads} after pip download")
+    # tarfile's "data" filter refuses links and paths that leave the folder (Python 3.8.17+, 3.11.4+)
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") and archive.suffix != ".zip" else {}
+    shutil.unpack_archive(archive, workdir / "src", **safe)  # type: ignore[arg-type]
+    if not top.is_dir():
+        raise SetupError(f"{archive.name} does not unpack into {top.name}/")
+    return top
 
 
 def older_versions(pip: list[str], suite: Suite, version: str) -> list[str]:
@@ -373,61 +328,31 @@ def older_versions(pip: list[str], suite: Suite, version: str) -> list[str]:
     versions = [v.strip() for v in line.split(":", 1)[-1].split(",") if v.strip()]
 
     def key(v: str) -> tuple[int, ...]:
-        match = re.match(r"\d+(\.\d+)*", v)
-        return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+        return tuple(int(p) for p in v.split("."))
 
     final = [v for v in versions if re.fullmatch(r"\d+(\.\d+)*", v)]  # no pre-releases
     return sorted((v for v in final if key(v) < key(version)), key=key, reverse=True)
 
 
 def fetch_tests(pip: list[str], workdir: Path, suite: Suite, version: str, max_fallbacks: int = 6) -> tuple[Path, str]:
-    """Return (the extracted source folder holding ``tests/``, the version it comes from)."""
-    downloads = workdir / "downloads"
-    path = download_sdist(pip, downloads, suite, version)
-    used = version
-    if not sdist_test_files(path):
-        log(f"  [{suite.key}] !! the sdist of {suite.dist}=={version} ships no tests/ folder")
-        for candidate in older_versions(pip, suite, version)[:max_fallbacks]:
-            try:
-                path = download_sdist(pip, downloads, suite, candidate)
-            except SetupError as exc:
-                log(f"  [{suite.key}]    {candidate}: {exc.args[0].splitlines()[0]}")
-                continue
-            if sdist_test_files(path):
-                used = candidate
-                log(
-                    f"  [{suite.key}] !! USING THE TESTS OF {suite.dist}=={candidate} (installed: {version}); "
-                    "failures in both runs may be version drift, differences still count"
-                )
-                break
-        else:
-            raise SetupError(f"no sdist of {suite.dist} <= {version} on PyPI ships tests/ (tried {max_fallbacks})")
-    src = workdir / "src" / f"{suite.sdist_stem}-{used}"
-    if not (src / "tests").is_dir():
-        if src.exists():
-            shutil.rmtree(src)
-        src.mkdir(parents=True)
-        top = f"{suite.sdist_stem}-{used}/"
-        wanted = ("tests/", "pyproject.toml", "setup.cfg", "pytest.ini", "tox.ini")
-        if path.suffix == ".zip":
-            import zipfile
-
-            with zipfile.ZipFile(path) as zf:
-                for name in zf.namelist():
-                    rel = name[len(top) :] if name.startswith(top) else None
-                    if rel and rel.startswith(wanted) and not name.endswith("/"):
-                        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-                        (src / rel).write_bytes(zf.read(name))
-        else:
-            with tarfile.open(path) as tf:
-                for member in tf.getmembers():
-                    rel = member.name[len(top) :] if member.name.startswith(top) else None
-                    if rel and rel.startswith(wanted) and member.isfile():
-                        data = tf.extractfile(member)
-                        assert data is not None
-                        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-                        (src / rel).write_bytes(data.read())
-    return src, used
+    """Return (the unpacked source folder holding ``tests/``, the version it comes from)."""
+    src = unpacked_sdist(pip, workdir, suite, version)
+    if any((src / "tests").glob("test_*.py")):
+        return src, version
+    log(f"  [{suite.key}] !! the sdist of {suite.dist}=={version} ships no tests/ folder")
+    for candidate in older_versions(pip, suite, version)[:max_fallbacks]:
+        try:
+            src = unpacked_sdist(pip, workdir, suite, candidate)
+        except SetupError as exc:
+            log(f"  [{suite.key}]    {candidate}: {exc.args[0].splitlines()[0]}")
+            continue
+        if any((src / "tests").glob("test_*.py")):
+            log(
+                f"  [{suite.key}] !! USING THE TESTS OF {suite.dist}=={candidate} (installed: {version}); "
+                "failures in both runs may be version drift, differences still count"
+            )
+            return src, candidate
+    raise SetupError(f"no sdist of {suite.dist} <= {version} on PyPI ships tests/ (tried {max_fallbacks})")
 
 
 def pytest_config_file(src: Path) -> str | None:
@@ -455,11 +380,10 @@ class RunResult:
     mode: str
     returncode: int
     wall_s: float
-    outcomes: dict[str, str]
-    details: dict[str, str]
+    outcomes: dict[str, str]  # test id -> passed, failed, error, skipped, xfailed, xpassed ("+"-joined)
+    details: dict[str, str]  # test id -> short reason, for everything but a pass
     log_path: Path
-    junit_path: Path
-    plugin_report: dict[str, Any] | None = None
+    plugin_report: dict[str, Any]
 
 
 def prepare_run_dir(src: Path, run_dir: Path, config: str | None) -> str:
@@ -475,11 +399,10 @@ def prepare_run_dir(src: Path, run_dir: Path, config: str | None) -> str:
     return "pytest.ini"
 
 
-def run_env(patched: bool, report_path: Path | None, threads: int = 0, fault: str = "") -> dict[str, str]:
+def run_env(plugin_config: Path | None, threads: int = 0) -> dict[str, str]:
+    """The environment of both runs; they differ only in the plugin's configuration file."""
     env = dict(os.environ)
-    # The two runs differ only by `-p sb3tp_upstream_plugin`: same PYTHONPATH, same hash seed, no
-    # user-level pytest options or plugins from the environment.
-    for var in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "SB3TP_UPSTREAM_REPORT", "SB3TP_UPSTREAM_FAULT"):
+    for var in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "SB3TP_UPSTREAM"):
         env.pop(var, None)
     paths = [str(PLUGIN_DIR), str(REPO_ROOT)]
     if env.get("PYTHONPATH"):
@@ -492,103 +415,9 @@ def run_env(patched: bool, report_path: Path | None, threads: int = 0, fault: st
         # barriers as soon as the machine is shared; 1 thread was ~5x faster on a loaded 2-core box.
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
-    if patched and report_path is not None:
-        env["SB3TP_UPSTREAM_REPORT"] = str(report_path)
-    if patched and fault:
-        env["SB3TP_UPSTREAM_FAULT"] = fault
+    if plugin_config is not None:
+        env["SB3TP_UPSTREAM"] = str(plugin_config)
     return env
-
-
-def pytest_command(
-    python: str,
-    config: str,
-    targets: Sequence[str],
-    deselects: Sequence[Deselect],
-    patched: bool,
-    junit: Path,
-    jobs: int,
-) -> list[str]:
-    cmd = [
-        python,
-        "-m",
-        "pytest",
-        "-c",
-        config,
-        "--rootdir",
-        ".",
-        "-p",
-        "no:cacheprovider",
-        # upstream's config has no addopts today; an added `--cov` etc. must not change the runs
-        "-o",
-        "addopts=",
-        "-o",
-        "junit_family=xunit2",
-        "--junitxml",
-        str(junit),
-        "-q",
-        "-rfE",
-        "--color=no",
-        "--durations=15",
-    ]
-    if jobs > 1:
-        cmd += ["-n", str(jobs)]
-    if patched:
-        cmd += ["-p", PLUGIN_MODULE]
-    cmd += deselect_args(deselects)
-    cmd += list(targets)
-    return cmd
-
-
-def summarize(message: str, text: str, kind: str) -> str:
-    """One line for a skip; for a failure or error: the message's first line, the traceback's ``E``
-    lines (at most 4) and its last ``file:line: Exception`` line."""
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    if kind not in ("failed", "error"):
-        return first
-    lines = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
-    e_lines = [ln.strip() for ln in lines if ln.lstrip().startswith("E ")][:4]
-    where = next((ln.strip() for ln in reversed(lines) if ".py:" in ln), "")
-    return "\n".join([first, *(f"  {ln}" for ln in e_lines), *([f"  at {where}"] if where else [])])
-
-
-def node_id(classname: str, name: str, run_dir: Path) -> str:
-    """pytest's node id (``tests/test_x.py::Class::test[param]``) from junit's dotted classname."""
-    parts = classname.split(".") if classname else []
-    for i in range(len(parts), 0, -1):
-        module = "/".join(parts[:i]) + ".py"
-        if (run_dir / module).is_file():
-            return "::".join([module, *parts[i:], name])
-    return f"{classname}::{name}" if classname else name
-
-
-def parse_junit(path: Path, run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Per test id: outcome (passed/failed/error/skipped/xfailed, ``+``-joined when several), and a
-    short detail (message and the tail of the traceback) for everything but passes."""
-    outcomes: dict[str, str] = {}
-    details: dict[str, str] = {}
-    root = ET.parse(path).getroot()
-    for case in root.iter("testcase"):
-        classname = case.get("classname", "")
-        name = case.get("name", "")
-        test_id = node_id(classname, name, run_dir)
-        kinds = []
-        info = []
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                kind = {"failure": "failed", "error": "error", "skipped": "skipped"}[child.tag]
-                if child.tag == "skipped" and child.get("type") == "pytest.xfail":
-                    kind = "xfailed"
-                kinds.append(kind)
-                info.append(f"{kind}: " + summarize(child.get("message", ""), child.text or "", kind))
-        outcome = "+".join(sorted(set(kinds))) if kinds else "passed"
-        base, n = test_id, 2
-        while test_id in outcomes:  # a repeated id (should not happen): keep both
-            test_id = f"{base} #{n}"
-            n += 1
-        outcomes[test_id] = outcome
-        if info:
-            details[test_id] = "\n".join(info)
-    return outcomes, details
 
 
 def run_suite_mode(
@@ -607,24 +436,35 @@ def run_suite_mode(
 ) -> RunResult:
     run_dir = base / mode
     cfg = prepare_run_dir(src, run_dir, config)
-    junit = base / f"{mode}.junit.xml"
     log_path = base / f"{mode}.log"
-    report = base / f"{mode}.plugin.json"
-    for p in (junit, report, *base.glob(report.name + ".*")):
-        if p.exists():
-            p.unlink()
-    patched = mode == "patched"
-    cmd = pytest_command(python, cfg, targets, deselects, patched, junit, jobs)
-    env = run_env(patched, report if patched else None, threads, fault)
+    report = base / f"{mode}.outcomes.json"
+    for path in (report, *base.glob(report.name + ".*")):
+        path.unlink(missing_ok=True)
+    plugin_config = base / f"{mode}.plugin-config.json"
+    plugin_config.write_text(
+        json.dumps(
+            {
+                "patch": mode == "patched",
+                "fault": fault.split(",") if mode == "patched" and fault else [],
+                "deselect": {
+                    kind: [d.value for d in deselects if d.kind == kind[:-1]] for kind in ("markers", "names")
+                },
+                "report": str(report),
+            }
+        ),
+        encoding="utf-8",
+    )
+    # upstream's config has no addopts today; an added `--cov` etc. must not change the runs
+    cmd = [python, "-m", "pytest", "-c", cfg, "--rootdir", ".", "-p", "no:cacheprovider", "-o", "addopts="]
+    cmd += ["-p", PLUGIN_MODULE, "-q", "-rfE", "--color=no", "--durations=15"]
+    cmd += ["-n", str(jobs)] if jobs > 1 else []
+    cmd += targets
+    env = run_env(plugin_config, threads)
     what = f"{len(targets)} files" if all(t.endswith(".py") for t in targets) else f"{len(targets)} test ids"
     log(f"  [{suite.key}/{mode}] running {what} in {run_dir} (log: {log_path})")
     t0 = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.write(f"# cwd={run_dir}\n# PYTHONPATH={env['PYTHONPATH']}\n")
-        out.write(
-            f"# OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')} PYTHONHASHSEED={env['PYTHONHASHSEED']}\n\n"
-        )
+        out.write("$ " + " ".join(cmd) + f"\n# cwd={run_dir}\n# SB3TP_UPSTREAM={plugin_config}\n\n")
         out.flush()
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -635,29 +475,25 @@ def run_suite_mode(
             raise SetupError(f"{suite.key}/{mode}: pytest ran past --timeout {timeout:.0f}s; see {log_path}") from None
     wall = time.monotonic() - t0
     tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-    if rc not in (0, 1) or not junit.exists():
+    if rc not in (0, 1) or not report.exists():
         raise SetupError(
             f"{suite.key}/{mode}: pytest exited {rc} (2 interrupted/collection error, 3 internal error, "
             f"4 usage error, 5 no tests collected); last lines of {log_path}:\n{tail}"
         )
-    outcomes, details = parse_junit(junit, run_dir)
-    plugin_report = None
-    if patched:
-        if not report.exists():
-            raise SetupError(f"{suite.key}/{mode}: the plugin wrote no report; was it loaded? see {log_path}")
-        plugin_report = json.loads(report.read_text(encoding="utf-8"))
-        # pytest-xdist: the tests ran in the workers, each of which checked and reported on its own.
-        for worker_report in sorted(report.parent.glob(report.name + ".*")):
-            part = json.loads(worker_report.read_text(encoding="utf-8"))
+    plugin_report = json.loads(report.read_text(encoding="utf-8"))
+    # pytest-xdist: the tests ran in the workers, each of which checked the patch on its own.
+    for worker_report in sorted(report.parent.glob(report.name + ".*")):
+        part = json.loads(worker_report.read_text(encoding="utf-8"))
+        if mode == "patched":
             plugin_report["enabled_at_finish"] = plugin_report["enabled_at_finish"] and part["enabled_at_finish"]
-            plugin_report["lost_after"] += part["lost_after"]
-            if part.get("error"):
-                plugin_report["error"] = "; ".join(
-                    e for e in (plugin_report.get("error"), f"[{part['worker']}] {part['error']}") if e
-                )
-    counts = count(outcomes)
-    log(f"  [{suite.key}/{mode}] exit {rc} in {fmt_s(wall)}: {fmt_counts(counts)}")
-    return RunResult(suite.key, mode, rc, wall, outcomes, details, log_path, junit, plugin_report)
+        plugin_report["lost_after"] += part["lost_after"]
+        if part.get("error"):
+            plugin_report["error"] = "; ".join(
+                e for e in (plugin_report["error"], f"[{part['worker']}] {part['error']}") if e
+            )
+    outcomes = plugin_report["outcomes"]
+    log(f"  [{suite.key}/{mode}] exit {rc} in {fmt_s(wall)}: {fmt_counts(count(outcomes))}")
+    return RunResult(suite.key, mode, rc, wall, outcomes, plugin_report["details"], log_path, plugin_report)
 
 
 def count(outcomes: dict[str, str]) -> dict[str, int]:
@@ -678,6 +514,10 @@ def fmt_counts(counts: dict[str, int]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def describe(deselect: Deselect) -> str:
+    return f"upstream marker {deselect.value!r}" if deselect.kind == "marker" else f"tests named {deselect.value}"
+
+
 def print_selection(budget: str, suites: Sequence[Suite]) -> None:
     log(f"Selection for --budget {budget}:")
     for suite in suites:
@@ -690,17 +530,15 @@ def print_selection(budget: str, suites: Sequence[Suite]) -> None:
                 log(f"  tests/{f.name:<26} (full budget only) {f.why}")
         dsel = selected_deselects(suite, budget)
         if dsel:
-            log("  deselected:")
+            log("  deselected by the plugin:")
             for d in dsel:
-                flag = {"m": "-m", "k": "-k", "id": "--deselect"}[d.kind]
-                log(f"    {flag} {d.value!r}: {d.why}")
+                log(f"    {describe(d)}: {d.why}")
         if suite.runtime_modules:
             log("  needs at run time: " + ", ".join(sorted({v[0] for v in suite.runtime_modules.values()})))
-        log("  pytest arguments: " + " ".join(repr(a) if " " in a else a for a in deselect_args(dsel)))
     log(
         "\nBoth runs: <python> -m pytest -c <upstream pytest config> --rootdir . -p no:cacheprovider -o addopts= "
-        "--junitxml ..., from a fresh copy of tests/ (cwd), PYTHONPATH=scripts/upstream:<repo>, "
-        "PYTHONHASHSEED=0, OMP_NUM_THREADS=--threads.\nThe patched run adds only -p sb3tp_upstream_plugin."
+        f"-p {PLUGIN_MODULE}, from a fresh copy of tests/ (cwd), PYTHONPATH=scripts/upstream:<repo>, "
+        "PYTHONHASHSEED=0, OMP_NUM_THREADS=--threads.\nOnly the patched run enables the patch."
     )
 
 
@@ -826,7 +664,7 @@ class Prepared:
 def run(args: argparse.Namespace, suites: list[Suite], workdir: Path) -> int:
     t_start = time.monotonic()
     python = args.python
-    env = run_env(False, None)
+    env = run_env(None)
     info = check_interpreter(python, suites, env, args.jobs)
     pip = pip_cmd(python)
 
@@ -911,7 +749,7 @@ def recheck_differences(
 ) -> Rechecks:
     """Re-run only the differing test ids, ``--recheck`` times per mode, to tell a reproducible
     difference (a package bug) from an upstream test whose outcome is random (a flaky test)."""
-    ids = [i for i, _a, _b in differing_ids(plain, patched) if " #" not in i]
+    ids = [i for i, _a, _b in differing_ids(plain, patched)]
     out: Rechecks = {
         i: {"plain": [plain.outcomes.get(i, "absent")], "patched": [patched.outcomes.get(i, "absent")]} for i in ids
     }
@@ -954,10 +792,10 @@ def report(
         drift = f" (TESTS OF {p.version}; INSTALLED {p.installed})" if p.version != p.installed else ""
         log(f"\n[{p.suite.key}] {p.suite.dist} {p.installed}{drift}: {', '.join(p.files)}")
         if p.deselects:
-            log("  deselected: " + " ".join(deselect_args(p.deselects)))
+            log(f"  deselected ({plain.plugin_report['deselected']} tests): " + ", ".join(map(describe, p.deselects)))
         log(f"  plain   : {fmt_s(plain.wall_s):>7}  {fmt_counts(count(plain.outcomes))}")
         log(f"  patched : {fmt_s(patched.wall_s):>7}  {fmt_counts(count(patched.outcomes))}")
-        rep = patched.plugin_report or {}
+        rep = patched.plugin_report
         log(
             f"  patch   : {len(rep.get('patched_targets', []))} targets patched from pytest_configure on, "
             f"still enabled at session finish: {rep.get('enabled_at_finish')}"
@@ -995,7 +833,7 @@ def report(
             for test_id in same:
                 first = plain.details.get(test_id, "").splitlines()[:1]
                 log(f"    {test_id}: {first[0] if first else plain.outcomes[test_id]}")
-        log(f"  logs and junit xml: {plain.log_path.parent}")
+        log(f"  logs and outcomes: {plain.log_path.parent}")
     log(f"\ntotal time: {fmt_s(total_s)}")
     if lost or n_confirmed or (n_diffs and not allow_flaky):
         log("RESULT: DIFFERENT: the patched run does not match the plain run (see above)")

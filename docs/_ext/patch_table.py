@@ -3,6 +3,7 @@
 - ``patch-table``: one table row per row of ``ROWS``, in table order: package, versions, target,
   route, options, expected parameters.
 - ``supported-versions``: a list with the supported releases per package.
+- ``tested-releases``: one table row per release of ``RELEASES``, the version matrix.
 
 The page can therefore never drift from the code. After an HTML build, the rendered page is read
 back and its rows are compared with ``ROWS``; any difference fails the build.
@@ -93,6 +94,32 @@ class SupportedVersions(SphinxDirective):
         return [items]
 
 
+class TestedReleases(SphinxDirective):
+    """Render ``sb3_tensorpatch.table.RELEASES``: the releases the version matrix tests."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        headers = ("stable-baselines3", "sb3-contrib", "test environment", "expected")
+        group = nodes.tgroup(cols=len(headers))
+        for width in (10, 10, 30, 10):
+            group += nodes.colspec(colwidth=width)
+        head = nodes.thead()
+        head += _row(headers, (False,) * len(headers))
+        group += head
+        body = nodes.tbody()
+        for release in table.RELEASES:
+            environment = ", ".join(release.pins)
+            if release.pre:
+                environment += "; first " + ", then ".join(f"pip install {' '.join(step)}" for step in release.pre)
+            expected = "patched" if release.supported else "refused"
+            body += _row((release.sb3, release.contrib, environment, expected), (True, True, True, False))
+        group += body
+        result = nodes.table()
+        result += group
+        return [result]
+
+
 class _TableReader(HTMLParser):
     """Collects the text of each body row of the tables with class ``patch-table``."""
 
@@ -160,6 +187,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("patch_table_page", "versions", "html")
     app.add_directive("patch-table", PatchTable)
     app.add_directive("supported-versions", SupportedVersions)
+    app.add_directive("tested-releases", TestedReleases)
     app.connect("env-get-outdated", always_reread)
     app.connect("build-finished", check_rendered)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
