@@ -1,7 +1,7 @@
 """The tensor routes: SB3's ``predict`` algorithms restated for tensors on their device.
 
-Each route factory takes a row's options and returns a function with the patched method's own
-parameters (``self`` first). The patcher calls it only for tensor input; everything else goes to
+Each route factory takes SB3's original method and the table row's options (keyword-only) and
+returns a function with the patched method's own parameters (``self`` first). The patcher calls it only for tensor input; everything else goes to
 SB3's original method. A route validates its input first, then calls the policy's ``_predict``
 with autograd off and distribution argument validation off for this thread, then post-processes
 on the device. It never reads a value back to the host.
@@ -32,6 +32,7 @@ Route = Callable[..., Any]
 
 _grad_enabled = torch.is_grad_enabled
 _set_grad = torch._C._set_grad_enabled
+
 
 def _finished(plan: PolicyPlan, vectorized: bool, reshape: bool, predict: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
     """``predict(*args, **kwargs)``, post-processed as SB3's ``predict`` does, on the policy's device.
