@@ -188,7 +188,9 @@ def _masked_actions(
         split: tuple[Tensor, ...] = (masks,)
     else:
         parts = distribution.distributions
-        split = torch.split(masks.reshape(parts[0].logits.shape[0], -1), distribution.action_dims, dim=1)
+        # ints: older contrib keeps action_dims as the space's numpy nvec, which torch.split refuses
+        sizes = [int(size) for size in distribution.action_dims]
+        split = torch.split(masks.reshape(parts[0].logits.shape[0], -1), sizes, dim=1)
     for part, mask in zip(parts, split):
         logits = part.logits
         key = (logits.dtype, logits.device)
