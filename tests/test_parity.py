@@ -98,14 +98,16 @@ def test_single_discrete_observation_as_0d_tensor() -> None:
 
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 _FLOATS = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 
 
-@settings(max_examples=40, deadline=None)
+# too_slow: on a loaded 2-core machine one draw once took 37 s (SB3 1.8.0, version matrix); the
+# test's subject is parity, not the draws' speed
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     algo=st.sampled_from(["PPO", "A2C", "SAC", "TD3", "DDPG"]),
     batch=st.integers(min_value=0, max_value=6),
@@ -119,7 +121,7 @@ def test_parity_on_arbitrary_box_observations(algo: str, batch: int, data: Any) 
     assert_predict_parity(model, obs, deterministic=True)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     algo=st.sampled_from(["PPO", "A2C", "DQN"]),
     obs_kind=st.sampled_from(["Discrete", "MultiDiscrete", "MultiBinary"]),
