@@ -32,6 +32,7 @@ import torch
 from torch.utils.dlpack import from_dlpack as _from_dlpack
 
 from .errors import ForeignArrayError
+from .host import NUMPY_DTYPES, TORCH_DTYPES
 
 Tensor = torch.Tensor
 Route = Callable[..., Any]
@@ -39,6 +40,7 @@ Export = Callable[[Tensor], Any]
 
 #: types that implement ``__dlpack__`` but are not foreign: torch's own, and NumPy's (SB3's input)
 _NOT_FOREIGN = (Tensor, np.ndarray, np.generic)
+
 
 def _jax_export() -> Export:
     """JAX's ``from_dlpack``, after narrowing 64-bit results in torch where JAX is without x64.
@@ -57,7 +59,7 @@ def _jax_export() -> Export:
     def export(tensor: Tensor) -> Any:
         wide = _WIDE.get(tensor.dtype)
         if wide is not None:
-            narrow = _TORCH_DTYPES.get(np.dtype(canonical(wide)))
+            narrow = TORCH_DTYPES.get(np.dtype(canonical(wide)))
             if narrow is not None and narrow != tensor.dtype:
                 tensor = tensor.to(narrow)
         return from_dlpack(tensor)
@@ -72,13 +74,9 @@ def _module_export(module: str) -> Callable[[], Export]:
     return load
 
 
-#: torch's 64-bit dtypes and their NumPy twins (uint64 from torch 2.3 on)
+#: torch's 64-bit dtypes and their NumPy twins (uint64 from torch 2.3 on), from the one twin table
 _WIDE: dict[torch.dtype, np.dtype[Any]] = {
-    getattr(torch, name): np.dtype(name) for name in ("int64", "uint64", "float64", "complex128") if hasattr(torch, name)
-}
-#: the 32-bit dtypes JAX narrows them to, as torch dtypes
-_TORCH_DTYPES: dict[np.dtype[Any], torch.dtype] = {
-    np.dtype(name): getattr(torch, name) for name in ("int32", "uint32", "float32", "complex64") if hasattr(torch, name)
+    dtype: twin for dtype, twin in NUMPY_DTYPES.items() if twin.name in ("int64", "uint64", "float64", "complex128")
 }
 
 #: top-level module of an array's type -> (the library's name, what gives its arrays back from tensors)
