@@ -202,7 +202,7 @@ class Patcher:
                 record.wrapper = make_wrapper(target.function, route, target.row.params[0], record)
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
-            records.append(self._patch_validation(validation.ValidationDefault))
+            validation.arm()  # installed by the first route call that builds a distribution
         except BaseException:
             self._records = records
             self._undo()
@@ -210,31 +210,22 @@ class Patcher:
         self._records = records
         self._selection = selection
 
-    @staticmethod
-    def _patch_validation(descriptor: type) -> Record:
-        from torch.distributions import Distribution
-
-        original = Distribution.__dict__.get("_validate_args", MISSING)
-        record = Record(None, Distribution, "_validate_args", original)
-        default = bool(Distribution._validate_args)
-        record.wrapper = descriptor(default)
-        Distribution._validate_args = record.wrapper
-        return record
-
     def _undo(self) -> None:
+        from . import validation
+
         records, self._records = self._records, []
+        validation.disarm()  # armed last by _apply, so undone first
         for record in reversed(records):
             record.active = False
             current = record.owner.__dict__.get(record.name, MISSING)
             if current is not record.wrapper:
-                if record.row is not None:
-                    warnings.warn(
-                        f"sb3-tensorpatch: {record.target} was wrapped again by someone else after "
-                        "enable(); their wrapper is left in place and ours inside it now passes every "
-                        "call to SB3's original.",
-                        UserWarning,
-                        stacklevel=5,
-                    )
+                warnings.warn(
+                    f"sb3-tensorpatch: {record.target} was wrapped again by someone else after "
+                    "enable(); their wrapper is left in place and ours inside it now passes every "
+                    "call to SB3's original.",
+                    UserWarning,
+                    stacklevel=5,
+                )
                 continue
             if record.original is MISSING:
                 delattr(record.owner, record.name)
@@ -245,6 +236,18 @@ class Patcher:
         plans.clear()
 
     # -- reporting ---------------------------------------------------------------------------
+    @staticmethod
+    def _validation_status() -> RowStatus:
+        """The ``Distribution._validate_args`` patch, listed as one more row (see :mod:`.validation`)."""
+        from . import validation
+
+        state = validation.state()
+        if state == "armed":
+            return RowStatus(
+                validation.TARGET, "torch", "any", "validation", "armed", "installed by the first tensor predict that builds a distribution"
+            )
+        return RowStatus(validation.TARGET, "torch", "any", "validation", "patched" if state == "patched" else "selected", "")
+
     def status(self, fresh: bool = True) -> Status:
         """Report versions, rows and patched targets.
 
@@ -252,7 +255,7 @@ class Patcher:
             scopes entered in a loop)
         """
         with self._lock:
-            patched = {record.target for record in self._records if record.row is not None}
+            patched = {record.target for record in self._records}
             try:
                 selection = self._selection
                 if fresh or selection is None:
@@ -269,6 +272,7 @@ class Patcher:
             order = {row: index for index, row in enumerate(self._rows)}
             lookup = {(row.target, row.versions): row for row in self._rows}
             rows.sort(key=lambda item: order[lookup[(item.target, item.versions)]])
+            rows.append(self._validation_status())
             return Status(
                 enabled=self.is_enabled(),
                 versions=selection.versions,

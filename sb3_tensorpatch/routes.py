@@ -20,6 +20,8 @@ from .errors import SizeMismatchError, StatePairError
 from .observations import batch_size, check_reachable
 from .plans import PolicyPlan, plan_for
 from .validation import _local as _validation
+from .validation import _slot as _validation_slot
+from .validation import install as _install_validation
 from .wrappers import tensor_route
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ def _back(actions: Tensor, device: torch.device, target: torch.device) -> Tensor
 
 def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``call`` with autograd off and distribution validation off for this thread."""
+    if not _validation_slot.installed:
+        _install_validation()  # once per enable(): see validation.py
     grad = _grad_enabled()
     previous = _validation.off
     _set_grad(False)

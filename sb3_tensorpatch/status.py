@@ -13,8 +13,9 @@ class RowStatus:
     :param package: the distribution the target belongs to
     :param versions: the row's version range
     :param route: the tensor route that serves it
-    :param state: ``"patched"`` (installed now), ``"selected"`` (would be patched by ``enable()``)
-        or ``"skipped"`` (does not apply)
+    :param state: ``"patched"`` (installed now), ``"selected"`` (would be patched by ``enable()``),
+        ``"armed"`` (enabled, installed on first need: the ``Distribution._validate_args`` row) or
+        ``"skipped"`` (does not apply)
     :param reason: why a skipped row does not apply
     """
 

@@ -1,13 +1,16 @@
 """What reading ``Distribution._validate_args`` costs everyone while the patch is enabled.
 
-With the patch on, ``Distribution._validate_args`` is sb3-tensorpatch's per-thread descriptor
-(``sb3_tensorpatch/validation.py``), read by every distribution built anywhere in the process
-(training included). This prints the median nanoseconds per read of ``Distribution._validate_args``
-and per ``Normal(loc, scale)`` construction in four situations:
+``enable()`` arms sb3-tensorpatch's per-thread descriptor (``sb3_tensorpatch/validation.py``) and
+the first tensor predict that builds a distribution installs it as ``Distribution._validate_args``,
+which every distribution built anywhere in the process reads (training included). This prints the
+median nanoseconds per read of ``Distribution._validate_args`` and per ``Normal(loc, scale)``
+construction in five situations:
 
 - ``unpatched``: the patch disabled (torch's own class attribute);
-- ``patched, other thread``: the patch enabled, read in a thread that never used the tensor route
-  (a fresh thread, as every thread but the one calling ``predict(tensor)`` is);
+- ``armed``: the patch enabled, no tensor predict has needed the descriptor yet (torch's own class
+  attribute still: this column should match ``unpatched``);
+- ``patched, other thread``: the descriptor installed, read in a thread that never used the tensor
+  route (a fresh thread, as every thread but the one calling ``predict(tensor)`` is);
 - ``patched, this thread``: the patch enabled, read in a thread that used the route before (its
   per-thread switch is set back to "on");
 - ``patched, in the route``: inside the route's own switch (validation off for this thread).
@@ -32,7 +35,7 @@ from torch.distributions import Distribution, Normal
 import sb3_tensorpatch
 from sb3_tensorpatch import validation
 
-SITUATIONS = ("unpatched", "patched, other thread", "patched, this thread", "patched, in the route")
+SITUATIONS = ("unpatched", "armed", "patched, other thread", "patched, this thread", "patched, in the route")
 
 
 def _reads(count: int) -> float:
@@ -75,6 +78,11 @@ def _situation(name: str, measure: Callable[[int], float], count: int) -> float:
         sb3_tensorpatch.disable()
         return _in_fresh_thread(measure, count)
     sb3_tensorpatch.enable()
+    if name == "armed":
+        sb3_tensorpatch.disable()  # armed again by enable(): not installed
+        sb3_tensorpatch.enable()
+        return _in_fresh_thread(measure, count)
+    validation.install()  # what the first tensor predict that builds a distribution does
     if name == "patched, other thread":
         return _in_fresh_thread(measure, count)
     if name == "patched, this thread":

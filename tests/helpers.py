@@ -284,17 +284,21 @@ def assert_originals(originals: dict[str, Any]) -> None:
 
 
 def assert_patched(originals: dict[str, Any]) -> None:
-    """Every target holds our wrapper (our descriptor for validation), directly around the original."""
+    """Every target holds our wrapper directly around the original (validation: our descriptor once installed)."""
     from sb3_tensorpatch import validation, wrappers
 
     for target, (owner, name) in patch_targets().items():
         entry = owner.__dict__.get(name, MISSING)
-        assert entry is not originals[target], f"{target} is not patched"
         if target == VALIDATE:
-            assert isinstance(entry, validation.ValidationDefault)
-        else:
-            assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
-            assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
+            # armed by enable(), installed by the first tensor predict that builds a distribution
+            if validation.state() == "armed":
+                assert entry is originals[target], f"{target} changed before a route needed it"
+            else:
+                assert validation.state() == "patched" and isinstance(entry, validation.ValidationDefault)
+            continue
+        assert entry is not originals[target], f"{target} is not patched"
+        assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"
+        assert entry.__wrapped__ is originals[target], f"{target} wraps something other than the original"
 
 
 def force_restore(originals: dict[str, Any]) -> None:

@@ -66,9 +66,9 @@ def _assert_restored(originals: dict[str, Any]) -> None:
 def _assert_patched_and_routing(originals: dict[str, Any], model: Any, obs: torch.Tensor) -> None:
     assert sb3_tensorpatch.is_enabled()
     assert sb3_tensorpatch.status().patched
+    actions, _ = model.predict(obs, deterministic=True)  # installs the validation descriptor if needed
     for target, entry in snapshot().items():
         assert entry is not originals[target], f"{target} is not patched"
-    actions, _ = model.predict(obs, deterministic=True)
     expected = torch.as_tensor(model.predict(obs.numpy(), deterministic=True)[0])
     assert isinstance(actions, torch.Tensor) and actions.dtype == expected.dtype and torch.equal(actions, expected)
     # the route's validation switch is the one the installed descriptor reads

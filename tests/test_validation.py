@@ -1,9 +1,11 @@
 """``Distribution._validate_args`` while the patch is on: cheap for every thread, same semantics.
 
-Every distribution built anywhere in the process reads it (training too), so a read must not raise
-and swallow an exception in a thread that never used the tensor route; the per-thread switch the
-routes use (``validation._local.off``) keeps its interface and meaning. Validation is off only inside
-the tensor route, for the thread running it; a default the user sets wins, and ``disable()`` leaves it.
+Every distribution built anywhere in the process reads it (training too). ``enable()`` only arms the
+descriptor: until a tensor predict needs it, the class attribute is torch's own object. Once installed,
+a read must not raise and swallow an exception in a thread that never used the tensor route; the
+per-thread switch the routes use (``validation._local.off``) keeps its interface and meaning.
+Validation is off only inside the tensor route, for the thread running it; a default the user sets
+wins, and ``disable()`` leaves it.
 """
 
 from __future__ import annotations
@@ -68,8 +70,78 @@ def test_switch_keeps_the_routes_interface() -> None:
     assert _in_new_thread(use_like_a_route) == [False, True, False, False]
 
 
+def _row() -> Any:
+    (row,) = [row for row in sb3_tensorpatch.status().rows if row.target == validation.TARGET]
+    return row
+
+
+def test_enable_only_arms_it(default: Any, ppo: Any, ppo_obs: np.ndarray) -> None:
+    assert _row().state == "selected"
+    sb3_tensorpatch.enable()
+    # the class attribute stays torch's own object, so a read costs what it costs unpatched
+    assert Distribution.__dict__["_validate_args"] is default
+    assert (_row().state, _row().route, _row().package) == ("armed", "validation", "torch")
+    assert validation.TARGET not in sb3_tensorpatch.status().patched
+    ppo.predict(ppo_obs)  # NumPy: SB3's path, builds a distribution and leaves it armed
+    assert Distribution.__dict__["_validate_args"] is default
+    assert takes_tensor_route(ppo, ppo_obs)
+    descriptor = Distribution.__dict__["_validate_args"]
+    assert isinstance(descriptor, validation.ValidationDefault) and descriptor.default is default
+    assert _row().state == "patched" and validation.TARGET in sb3_tensorpatch.status().patched
+    assert takes_tensor_route(ppo, ppo_obs)
+    assert Distribution.__dict__["_validate_args"] is descriptor  # installed once, not per call
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is default and _row().state == "selected"
+    sb3_tensorpatch.enable()
+    assert Distribution.__dict__["_validate_args"] is default  # armed again, not installed
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is default
+
+
+def test_armed_and_never_needed_leaves_the_class_alone(default: Any) -> None:
+    sb3_tensorpatch.enable()
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is default
+    validation.install()  # a late install after disable() does nothing
+    assert Distribution.__dict__["_validate_args"] is default and validation.state() == "off"
+
+
+def test_installed_once_by_threads_racing(default: Any) -> None:
+    sb3_tensorpatch.enable()
+    start = threading.Barrier(8)
+    seen: list[Any] = []
+
+    def race() -> None:
+        start.wait(timeout=30)
+        validation.install()
+        seen.append(Distribution.__dict__["_validate_args"])
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(seen) == 8 and all(entry is seen[0] for entry in seen)
+    assert isinstance(seen[0], validation.ValidationDefault)
+    sb3_tensorpatch.disable()
+    assert Distribution.__dict__["_validate_args"] is default
+
+
+def test_user_default_set_before_the_first_predict_is_kept(default: Any, ppo: Any, ppo_obs: np.ndarray) -> None:
+    sb3_tensorpatch.enable()
+    try:
+        Distribution.set_default_validate_args(not default)
+        assert takes_tensor_route(ppo, ppo_obs)  # installs over the user's value, recording it
+        assert Distribution._validate_args is (not default)
+        sb3_tensorpatch.disable()
+        assert Distribution.__dict__["_validate_args"] is (not default)
+    finally:
+        Distribution._validate_args = default
+
+
 def test_descriptor_reads_the_default_off_the_route(default: Any) -> None:
     sb3_tensorpatch.enable()
+    validation.install()  # what the first tensor predict does
     assert isinstance(Distribution.__dict__["_validate_args"], validation.ValidationDefault)
     assert _in_new_thread(lambda: Distribution._validate_args) is default
     assert Distribution._validate_args is default
@@ -112,6 +184,7 @@ def test_validation_still_raises_off_the_route(default: Any) -> None:
 
 def test_user_default_set_while_enabled_wins(default: Any) -> None:
     sb3_tensorpatch.enable()
+    validation.install()
     try:
         Distribution.set_default_validate_args(not default)
         assert _in_new_thread(lambda: Distribution._validate_args) is (not default)
@@ -149,6 +222,7 @@ def test_validation_untouched_outside_the_route(originals: dict[str, Any], ppo: 
 
 def test_validation_off_in_one_thread_only(originals: dict[str, Any]) -> None:
     sb3_tensorpatch.enable()
+    validation.install()
     inside = threading.Event()
     release = threading.Event()
     seen: dict[str, Any] = {}
@@ -194,6 +268,7 @@ def test_thread_local_switch_has_no_effect_when_disabled() -> None:
 
 def test_user_default_set_while_enabled_is_applied(originals: dict[str, Any]) -> None:
     sb3_tensorpatch.enable()
+    validation.install()
     try:
         Distribution.set_default_validate_args(False)
         _invalid_normal()  # the user's setting applies

@@ -38,7 +38,10 @@ def test_status_reports_versions_and_patched_targets() -> None:
     import sb3_contrib
     import stable_baselines3
 
-    expected_targets = {row.target for row in select_rows().rows}
+    from sb3_tensorpatch import validation
+
+    # the table's rows, and the Distribution._validate_args patch listed as one more
+    expected_targets = {row.target for row in select_rows().rows} | {validation.TARGET}
     disabled = sb3_tensorpatch.status()
     text = str(disabled)
     assert text.splitlines()[0] == "sb3-tensorpatch: disabled"
@@ -51,8 +54,12 @@ def test_status_reports_versions_and_patched_targets() -> None:
 
     enabled = sb3_tensorpatch.enable()
     assert enabled.enabled is True
-    assert set(enabled.patched) == expected_targets
-    assert len(enabled.patched) == len(expected_targets)
+    assert set(enabled.patched) == expected_targets - {validation.TARGET}  # armed, installed on first need
+    assert len(enabled.patched) == len(expected_targets) - 1
+    assert [row.state for row in enabled.rows if row.target == validation.TARGET] == ["armed"]
+    assert f"[   armed] {validation.TARGET}" in str(enabled)
+    validation.install()
+    assert set(sb3_tensorpatch.status().patched) == expected_targets
     text = str(sb3_tensorpatch.status())
     assert text.splitlines()[0] == "sb3-tensorpatch: enabled"
     assert stable_baselines3.__version__ in text
