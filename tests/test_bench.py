@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import statistics
+import sys
+from typing import Any, Callable
 
 import pytest
 import stable_baselines3
@@ -37,8 +39,9 @@ def test_quick_json_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert [(row["batch"], row["single"]) for row in rows] == [(1, True), (1, False), (16, False)]
     for row in rows:
         assert row["case"] == "DQN CartPole" and row["device"] == "cpu"
-        for key in ("numpy", "workaround", "tensor", "tensor_vs_workaround", "numpy_vs_tensor"):
+        for key in (*bench.METHODS, *bench.RATIOS):
             assert row[key] > 0, key
+        assert row["notes"] == []
     assert "[3/3] DQN CartPole, batch 16" in captured.err  # progress goes to stderr with --json
     assert not sb3_tensorpatch.is_enabled()  # the bench leaves the patch off
 
@@ -50,6 +53,8 @@ def test_table_labels_the_unbatched_row(capsys: pytest.CaptureFixture[str]) -> N
     rows = [line.split() for line in lines if line.startswith("PPO Pendulum")]
     assert [row[2] for row in rows] == ["single", "2"]
     assert all(row[3].endswith("us") and float(row[-1]) > 0 for row in rows)
+    header = next(line for line in lines if line.startswith("case"))
+    assert header.split()[2:] == [*bench.METHODS, "tensor/workaround", "numpy/tensor", "tensor/traced"]
 
 
 def test_cuda_without_a_gpu_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,3 +96,148 @@ def test_bad_arguments_are_usage_errors(arguments: list[str], message: str, caps
 def test_cases_keep_the_table_order() -> None:
     by_name = {case[0]: case for case in bench.CASES}
     assert bench._cases("DQN CartPole, PPO Pendulum") == (by_name["PPO Pendulum"], by_name["DQN CartPole"])
+
+
+def test_methods_option_times_only_those(capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--cases", "TD3 Pendulum", "--batches", "1", "--rounds", "1", "--budget", "0.0005"]
+    code = main(["bench", *arguments, "--methods", "traced, tensor", "--json"])
+    assert code == 0
+    data: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert data["meta"]["methods"] == ["tensor", "traced"]  # in the table's order
+    (row,) = data["results"]
+    assert row["tensor"] > 0 and row["traced"] > 0 and row["tensor_vs_traced"] > 0
+    for key in ("numpy", "workaround", "eager", "tensor_vs_workaround", "numpy_vs_tensor"):
+        assert row[key] is None, key
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("numpy,jax", "unknown method(s): 'jax'; choose from: numpy, workaround, tensor, eager, traced"),
+        (",", "no method given; choose from: numpy"),
+    ],
+)
+def test_bad_methods_are_usage_errors(text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", "--methods", text])
+    assert exit_.value.code == 2
+    assert f"argument --methods: {message}" in capsys.readouterr().err
+
+
+def test_ratios_are_medians_of_each_rounds_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fake clock: each column is the median of its method's times, each ratio the median over the
+    rounds of that round's ratio (not the ratio of two medians, which these times make different)."""
+    # per method, one time per round (calibration times come first and are not among them)
+    times = {
+        "numpy": [9.0, 1.0, 5.0, 7.0, 2.0],
+        "workaround": [4.0, 8.0, 1.0, 3.0, 6.0],
+        "tensor": [2.0, 7.0, 3.0, 9.0, 4.0],
+        "eager": [5.0, 5.0, 4.0, 1.0, 8.0],
+        "traced": [1.0, 3.0, 9.0, 2.0, 4.0],
+    }
+    timed: dict[str, list[float]] = {name: [] for name in times}
+
+    def fake_per_call(function: Callable[[], Any], calls: int, sync: Callable[[], None]) -> float:
+        name = function.__name__.rsplit("_call", 1)[0]  # measure's closures are named after their method
+        if name not in calibrated:  # measure calibrates each method once, before the rounds
+            calibrated.add(name)
+            return 1e-3
+        timed[name].append(times[name][len(timed[name])])
+        return timed[name][-1]
+
+    calibrated: set[str] = set()
+    monkeypatch.setattr(bench, "_per_call", fake_per_call)
+    model = bench._build("PPO", "Pendulum-v1", "cpu")
+    medians, notes = bench.measure(model, 1, "cpu", rounds=5, budget=0.003, deterministic=True)
+    assert notes == [] and timed == times  # every method timed once a round
+    for name, values in times.items():
+        assert medians[name] == statistics.median(values)
+    for ratio, (top, bottom) in bench.RATIOS.items():
+        expected = statistics.median(t / b for t, b in zip(times[top], times[bottom]))
+        assert medians[ratio] == expected, ratio
+        assert expected != statistics.median(times[top]) / statistics.median(times[bottom])
+    assert medians["tensor_vs_traced"] == 2.0  # by hand: 2/1, 7/3, 3/9, 9/2, 4/4 -> median 2.0
+
+
+@pytest.mark.parametrize("case", bench.CASES, ids=[case[0] for case in bench.CASES])
+def test_references_give_predicts_actions_bit_for_bit(case: tuple[str, str, str]) -> None:
+    """The eager actor and its trace give ``_predict(obs, deterministic=True)``'s actions exactly,
+    so the bench times the same computation three ways."""
+    import numpy as np
+    import torch
+
+    from sb3_tensorpatch import bench_reference
+
+    model = bench._build(case[1], case[2], "cpu")
+    space = model.observation_space
+    space.seed(1)
+    obs = torch.as_tensor(np.stack([space.sample() for _ in range(64)]))
+    eager = bench_reference.eager_actor(model.policy)
+    traced = bench_reference.traced_actor(eager, obs[:1])  # traced on one row, run on 64 and on one
+    with torch.no_grad():
+        expected = model.policy._predict(obs, deterministic=True)
+        for rows in (obs, obs[:1]):
+            got_eager, got_traced = eager(rows), traced(rows)
+            assert got_traced.dtype == got_eager.dtype and got_traced.shape == got_eager.shape
+            assert torch.equal(got_traced, got_eager)
+        assert torch.equal(eager(obs), expected) and eager(obs).dtype == expected.dtype
+    assert bench_reference.check_actions(model.policy, eager, obs) is None
+    assert bench_reference.check_actions(model.policy, traced, obs) is None
+
+
+def test_a_reference_that_differs_is_left_out_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from sb3_tensorpatch import bench_reference
+
+    model = bench._build("DQN", "CartPole-v1", "cpu")
+    original = bench_reference.traced_actor
+
+    def traced_off_by_one(actor: Any, example: Any) -> Any:
+        traced = original(actor, example)
+        return lambda obs: traced(obs) + 1
+
+    monkeypatch.setattr(bench_reference, "traced_actor", traced_off_by_one)
+    medians, notes = bench.measure(model, 1, "cpu", rounds=1, budget=0.0005, deterministic=True)
+    assert notes == ["traced not measured: actions differ from _predict(obs, deterministic=True)"]
+    assert medians["traced"] is None and medians["tensor_vs_traced"] is None
+    assert medians["eager"] is not None and medians["eager"] > 0
+
+    def untraceable(actor: Any, example: Any) -> Any:
+        raise torch.jit.Error("cannot trace this")
+
+    monkeypatch.setattr(bench_reference, "traced_actor", untraceable)
+    medians, notes = bench.measure(model, 1, "cpu", rounds=1, budget=0.0005, deterministic=True)
+    assert notes == ["traced not measured: torch.jit.trace failed: Error: cannot trace this"]
+    assert medians["traced"] is None and medians["eager"] is not None
+
+
+def test_table_shows_a_missing_reference_and_its_note() -> None:
+    notes = ["traced not measured: why"]
+    result = bench.Result("SAC Pendulum", 1, False, "cpu", 4e-4, 2e-4, 1e-4, 5e-5, None, 0.5, 4.0, None, notes)
+    lines = bench._table([result]).splitlines()
+    assert lines[2].split()[2:] == ["1", "400.0us", "200.0us", "100.0us", "50.0us", "-", "0.50", "4.00", "-"]
+    assert lines[-1] == "SAC Pendulum, batch 1: traced not measured: why"
+
+
+def test_plot_writes_a_png(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    results = [
+        # a reference missing for one batch size leaves a gap in its line
+        bench.Result(case, batch, single, "cpu", 4e-4, 2e-4, 1e-4, 5e-5, None if single else 3e-5, 0.5, 4.0, None)
+        for case in ("PPO Pendulum", "DQN CartPole")
+        for batch, single in ((1, True), (1, False), (4096, False))
+    ]
+    path = tmp_path / "bench.png"
+    bench._plot(results, str(path), "a title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setattr(bench, "_build", lambda *args: pytest.fail("a model was built"))
+    assert main(["bench", "--quick", "--plot", str(tmp_path / "bench.png")]) == 2
+    assert "bench: --plot needs matplotlib, which is not installed: pip install matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "bench.png").exists()
