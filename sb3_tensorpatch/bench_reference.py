@@ -48,38 +48,42 @@ class OnPolicyActor(nn.Module):
 
 
 class SACActor(nn.Module):
-    """SAC: ``policy.actor(obs, deterministic=True)`` (the squashed mean, ``tanh(mu)``)."""
+    """SAC: ``features_extractor`` -> ``latent_pi`` -> ``mu``, squashed: ``tanh(mean)``, the mode of SB3's
+    squashed Gaussian (``policy.actor(obs, deterministic=True)`` builds distribution objects to get it)."""
 
     def __init__(self, policy: SACPolicy) -> None:
         super().__init__()
-        self.actor = policy.actor
+        self.features_extractor = policy.actor.features_extractor
+        self.latent_pi = policy.actor.latent_pi
+        self.mu = policy.actor.mu
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.actor(obs, deterministic=True)
-        return out
+        return torch.tanh(self.mu(self.latent_pi(self.features_extractor(obs))))
 
 
 class TD3Actor(nn.Module):
-    """TD3: ``policy.actor(obs)`` (deterministic by construction)."""
+    """TD3: ``features_extractor`` -> ``mu`` (which ends in ``Tanh``; deterministic by construction)."""
 
     def __init__(self, policy: TD3Policy) -> None:
         super().__init__()
-        self.actor = policy.actor
+        self.features_extractor = policy.actor.features_extractor
+        self.mu = policy.actor.mu
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.actor(obs)
+        out: torch.Tensor = self.mu(self.features_extractor(obs))
         return out
 
 
 class DQNActor(nn.Module):
-    """DQN: the greedy action, ``policy.q_net(obs).argmax(dim=1)``."""
+    """DQN: the greedy action, ``argmax`` of ``q_net.features_extractor`` -> ``q_net.q_net``."""
 
     def __init__(self, policy: DQNPolicy) -> None:
         super().__init__()
-        self.q_net = policy.q_net
+        self.features_extractor = policy.q_net.features_extractor
+        self.q_net = policy.q_net.q_net
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.q_net(obs).argmax(dim=1)
+        out: torch.Tensor = self.q_net(self.features_extractor(obs)).argmax(dim=1)
         return out
 
 
