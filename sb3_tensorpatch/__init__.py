@@ -15,18 +15,22 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from typing import Any, AsyncGenerator, Callable, Generator, TypeVar, overload
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, Generator, TypeVar, overload
 
 from . import _state
 from .patcher import Patcher
 from .status import RowStatus, Status
 from .table import UnsupportedVersionError
 
+if TYPE_CHECKING:
+    from .vec_env import TensorVecEnv
+
 __version__ = "0.1.0"
 
 __all__ = [
     "RowStatus",
     "Status",
+    "TensorVecEnv",
     "UnsupportedVersionError",
     "__version__",
     "disable",
@@ -37,6 +41,18 @@ __all__ = [
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def __getattr__(name: str) -> Any:
+    # TensorVecEnv subclasses SB3's VecEnv: importing it loads torch and SB3, which ``import sb3_tensorpatch``
+    # must not (the pytest plugin imports the package in every test run of everyone who installs it)
+    if name == "TensorVecEnv":
+        from .vec_env import TensorVecEnv
+
+        globals()[name] = TensorVecEnv
+        return TensorVecEnv
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # the one patcher of the process (importing it loads neither torch nor SB3); a reload of the package
 # (importlib.reload, IPython's %autoreload) finds the same one, with what it installed
