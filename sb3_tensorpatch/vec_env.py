@@ -128,22 +128,26 @@ def _check_final_observations_convert(env: Any) -> None:
     """
     try:
         from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorWrapper
-    except ImportError:  # gym-based SB3 1.x without gymnasium: no such wrapper exists
+    except ImportError:  # gym-based SB3 1.x, or gymnasium < 1.0: no such wrapper exists
+        return
+    if not isinstance(env, VectorWrapper):
         return
     conversions: list[type] = []
+    # gymnasium raises its own DependencyNotInstalled (not an ImportError) where a wrapper module's
+    # optional dependency is missing (gymnasium 1.0's numpy_to_torch imports JAX's wrappers)
     try:
         from gymnasium.wrappers.vector.array_conversion import ArrayConversion  # gymnasium >= 1.1
 
         conversions.append(ArrayConversion)
-    except ImportError:  # older gymnasium, or array-api-compat missing (then no NumpyToTorch either)
+    except Exception:  # older gymnasium, or array-api-compat missing (then no NumpyToTorch either)
         pass
     try:
         from gymnasium.wrappers.vector.numpy_to_torch import NumpyToTorch
 
         conversions.append(NumpyToTorch)
-    except ImportError:
+    except Exception:
         pass
-    layer = env
+    layer: Any = env
     while isinstance(layer, VectorWrapper):
         inner = layer.env
         if (

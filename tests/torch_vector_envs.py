@@ -34,6 +34,12 @@ from gymnasium import spaces
 LAYOUTS = ("tensor", "object", "unmasked", "maniskill", "isaaclab")
 
 
+#: gymnasium >= 1.1 names its autoreset modes; older releases have no such enum (and their vector envs
+#: reset in the same step, with ``final_observation`` in ``info``)
+AUTORESET_MODES: Any = getattr(gym.vector, "AutoresetMode", None)
+SAME_STEP: Any = AUTORESET_MODES.SAME_STEP if AUTORESET_MODES is not None else "SameStep"
+
+
 class TorchCartPoleLike(gym.vector.VectorEnv):  # type: ignore[misc]
     """CartPole-like dynamics for ``num_envs`` environments on ``device``, same-step autoreset.
 
@@ -72,9 +78,9 @@ class TorchCartPoleLike(gym.vector.VectorEnv):  # type: ignore[misc]
         self.box_actions = box_actions
         self.max_episode_steps = max_episode_steps
         self.metadata = {
-            "tensor": {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            "tensor": {"autoreset_mode": SAME_STEP},
             "object": {"autoreset_mode": "SameStep"},
-            "unmasked": {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            "unmasked": {"autoreset_mode": SAME_STEP},
             "maniskill": {},
             "isaaclab": {"autoreset_mode": "same_step"},
         }[layout]
@@ -97,6 +103,9 @@ class TorchCartPoleLike(gym.vector.VectorEnv):  # type: ignore[misc]
         self.observation_space = gym.vector.utils.batch_space(observation, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.render_mode = None
+        # gymnasium < 1.0's VectorEnv.close() (also called by __del__) reads these; its __init__ is not called
+        self.closed = False
+        self.viewer = None
         self.seeds = torch.arange(num_envs, device=self.device)
         self.episodes = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
         self.steps = torch.zeros(num_envs, dtype=torch.int64, device=self.device)
