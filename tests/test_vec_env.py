@@ -19,7 +19,8 @@ import pytest
 import torch
 from helpers import GYMNASIUM, assert_same_bits
 
-pytestmark = pytest.mark.skipif(not GYMNASIUM, reason="TensorVecEnv wraps gymnasium vector envs (SB3 >= 2.0)")
+if not GYMNASIUM:  # the module's parameters come from gymnasium-based helpers: skip before they are read
+    pytest.skip("TensorVecEnv wraps gymnasium vector envs (SB3 >= 2.0)", allow_module_level=True)
 
 if GYMNASIUM:
     import gymnasium as gym
