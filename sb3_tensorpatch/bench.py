@@ -61,6 +61,8 @@ RATIOS = {
 }
 #: calls per method per round at least, however long one call takes (large batches)
 MIN_CALLS = 3
+#: interleaved rounds per case and batch size unless ``--rounds`` says
+ROUNDS = 41
 
 
 @dataclass
@@ -108,7 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=METHODS,
         help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)",
     )
-    parser.add_argument("--rounds", type=_positive_int, default=41, help="interleaved rounds per case and batch size (at least 1)")
+    parser.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help=f"interleaved rounds per case and batch size (at least 1; default {ROUNDS}, with --train 5)",
+    )
     parser.add_argument("--budget", type=_positive_seconds, default=0.01, help="target seconds per method per round (above 0)")
     parser.add_argument("--threads", type=_positive_int, default=1, help="torch.set_num_threads (at least 1; default 1)")
     parser.add_argument("--stochastic", action="store_true", help="deterministic=False")
@@ -120,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also save a chart of the time per call by method, one panel per case (needs matplotlib)",
     )
+    from . import bench_train
+
+    bench_train.add_arguments(parser, _positive_int)
 
 
 def _cases(text: str) -> tuple[tuple[str, str, str], ...]:
@@ -438,6 +448,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench: --device cuda asked for, but CUDA is not available here", file=sys.stderr)
         return 2
+    from . import bench_train
+
+    misplaced = bench_train.misplaced_options(args)
+    if misplaced:
+        print(f"bench: {misplaced}", file=sys.stderr)
+        return 2
+    if args.train:
+        return bench_train.run(args)
     if args.plot:
         # checked before the (long) run, not after it
         try:
@@ -450,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
     # argparse passes a string default through the option's type too: the batches come parsed
     batches: tuple[tuple[int, bool], ...] = args.batches
     methods: tuple[str, ...] = args.methods
-    rounds = args.rounds
+    rounds = args.rounds or ROUNDS
     if args.quick:
         cases, batches, rounds = cases[:2], tuple(b for b in batches if b[0] <= 16) or ((1, False),), 3
     progress = sys.stderr if args.json else sys.stdout

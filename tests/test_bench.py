@@ -241,3 +241,117 @@ def test_plot_without_matplotlib_is_refused_before_the_run(
     assert main(["bench", "--quick", "--plot", str(tmp_path / "bench.png")]) == 2
     assert "bench: --plot needs matplotlib, which is not installed: pip install matplotlib" in capsys.readouterr().err
     assert not (tmp_path / "bench.png").exists()
+
+
+# -- bench --train ------------------------------------------------------------------------------------
+
+TRAIN_QUICK = ["bench", "--train", "--quick", "--json", "--envs", "8", "--iterations", "2"]
+
+
+def _check_train_report(data: dict[str, Any], paths: list[str]) -> None:
+    from sb3_tensorpatch import bench_train
+
+    meta = data["meta"]
+    assert meta["envs"] == 8 and meta["iterations"] == 2 and meta["rounds"] == 1
+    assert (meta["n_steps"], meta["n_epochs"], meta["batch_size"], meta["net_arch"]) == (32, 10, 64, [64, 64])
+    assert meta["steps_per_learn"] == 2 * 8 * 32 and meta["device"] == "cpu" and meta["threads"] == 1
+    assert isinstance(meta["device_route"], bool)
+    # the note says when the "device" path cannot be on the device
+    assert any("no collect_rollouts route" in note for note in data["notes"]) == (not meta["device_route"])
+    assert [row["path"] for row in data["results"]] == paths
+    for row in data["results"]:
+        assert len(row["seconds"]) == len(row["collect_seconds"]) == 1
+        # collection is part of learn(): less time, more steps per second
+        assert 0 < row["collect_seconds"][0] < row["seconds"][0], row
+        assert row["steps_per_second"] == meta["steps_per_learn"] / row["seconds"][0]
+        assert row["collect_steps_per_second"] == meta["steps_per_learn"] / row["collect_seconds"][0]
+    expected = [name for name, pair in bench_train.RATIOS.items() if set(pair) <= set(paths)]
+    assert list(data["ratios"]) == expected
+    for values in data["ratios"].values():
+        assert values["overall"] > 0 and values["collection"] > 0
+    assert not sb3_tensorpatch.is_enabled()  # the bench leaves the patch off
+
+
+def test_train_quick_json_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(TRAIN_QUICK) == 0
+    captured = capsys.readouterr()
+    _check_train_report(json.loads(captured.out), ["host", "device"])
+    assert "[round 1/1] host ..." in captured.err  # progress goes to stderr with --json
+
+
+def test_train_with_rsl_rl(capsys: pytest.CaptureFixture[str]) -> None:
+    from sb3_tensorpatch import bench_train
+
+    if not bench_train.rsl_rl_available():
+        pytest.skip("rsl_rl is not installed (pip install rsl-rl-lib)")
+    from torch.distributions import Distribution
+
+    validate = Distribution._validate_args
+    assert main([*TRAIN_QUICK, "--rsl-rl"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    _check_train_report(data, ["host", "device", "rsl_rl"])
+    assert data["meta"]["rsl_rl"]
+    # rsl_rl switches distribution validation off for the process; the bench puts it back
+    assert Distribution._validate_args is validate
+
+
+def test_train_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--train", "--quick", "--envs", "4", "--iterations", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("PPO on TorchCartPole (continuous force), 4 envs x 32 steps") for line in lines)
+    header = lines.index(next(line for line in lines if line.startswith("path")))
+    assert lines[header].split() == ["path", "overall", "steps/s", "collection", "steps/s"]
+    rows = [line.split() for line in lines[header + 2 :] if line and not line.startswith("note:")]
+    assert [row[0] for row in rows] == ["host", "device", "device"]  # the last one: device / host
+    for row in rows[:2]:
+        overall, collection = (float(value.replace(",", "")) for value in row[1:])
+        assert 0 < overall < collection
+    assert rows[2][:3] == ["device", "/", "host"] and all(float(value) > 0 for value in rows[2][3:])
+
+
+def test_train_without_rsl_rl_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_tensorpatch import bench_train
+
+    monkeypatch.setitem(sys.modules, "rsl_rl", None)  # import rsl_rl now raises ImportError
+    monkeypatch.setattr(bench_train, "measure", lambda *args: pytest.fail("the bench ran"))
+    assert main(["bench", "--train", "--rsl-rl", "--quick"]) == 2
+    assert "--rsl-rl needs rsl_rl, which is not installed here: pip install rsl-rl-lib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--rsl-rl"], "bench: --rsl-rl only with --train"),
+        (["--envs", "8", "--iterations", "2"], "bench: --envs, --iterations only with --train"),
+        (["--train", "--plot", "chart.png"], "bench: --plot charts the predict bench, not --train"),
+    ],
+)
+def test_train_options_out_of_place(arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_time_collection_calls_the_class_method_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer looks ``collect_rollouts`` up on the class at every call: a patch installed on the class
+    after the timer (as ``enable()`` installs the rollout route) is what runs."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    from sb3_tensorpatch import TensorVecEnv, bench_train
+    from sb3_tensorpatch.bench_envs import TorchCartPole
+
+    model = bench_train.build_ppo(TensorVecEnv(TorchCartPole(4, continuous=True)), "cpu")
+    seconds = bench_train.time_collection(model, lambda: None)
+    calls = []
+    original = OnPolicyAlgorithm.collect_rollouts
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PPO, "collect_rollouts", counting, raising=False)
+    model.learn(3 * 4 * 32)
+    assert calls == [model] * 3
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)

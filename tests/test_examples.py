@@ -53,6 +53,7 @@ def test_examples_are_all_covered() -> None:
         "why_not_predict.py",
         "on_device_inference.py",
         "jax_env_inference.py",
+        "train_on_device.py",
     }
     present = {path.name for path in EXAMPLES.glob("*.py")}
     assert present <= covered, f"examples without a smoke test: {sorted(present - covered)}"
@@ -120,3 +121,13 @@ def test_jax_env_inference() -> None:
     output = _run("examples/jax_env_inference.py", "--steps", "20", "--n-envs", "16", "--timesteps", "512")
     assert "every action was bit-identical to predict(numpy.asarray(obs))" in output, output
     assert "mean return over the steps" in output, output
+
+
+@pytest.mark.slow
+def test_train_on_device() -> None:
+    """PPO with the patch off and on, on the torch CartPole: both runs print their figures, and their
+    parameters are bit-identical."""
+    output = _run("examples/train_on_device.py", "--n-envs", "16", "--timesteps", "1024")
+    for name in ("patch off", "patch on"):
+        assert f"{name}: 1024 steps in" in output and "steps/s), final mean episode return" in output, output
+    assert "OK: parameters bit-identical, same episodes, same num_timesteps with the patch off and on" in output, output
