@@ -53,7 +53,11 @@ class TorchCartPole(gym.vector.VectorEnv):  # type: ignore[misc]
     :param dtype: the dtype of the state and of the dynamics (observations are float32 either way)
     """
 
-    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+    # gymnasium < 1.1 has no AutoresetMode enum; TensorVecEnv reads its value's spelling too
+    metadata = {  # noqa: RUF012
+        "autoreset_mode": getattr(getattr(gym.vector, "AutoresetMode", None), "SAME_STEP", "SameStep"),
+        "render_modes": [],
+    }
 
     # gymnasium's CartPoleEnv constants, computed as it computes them
     gravity = 9.8
