@@ -127,6 +127,7 @@ def _check_final_observations_convert(env: Any) -> None:
     already happened. Said before training starts instead.
     """
     try:
+        from gymnasium.error import DependencyNotInstalled
         from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorWrapper
     except ImportError:  # gym-based SB3 1.x without gymnasium: no such wrapper exists
         return
@@ -141,7 +142,7 @@ def _check_final_observations_convert(env: Any) -> None:
         from gymnasium.wrappers.vector.numpy_to_torch import NumpyToTorch
 
         conversions.append(NumpyToTorch)
-    except ImportError:
+    except (ImportError, DependencyNotInstalled):  # gymnasium 1.0.0's module imports jax, and says so thus
         pass
     layer = env
     while isinstance(layer, VectorWrapper):
