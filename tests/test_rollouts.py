@@ -399,3 +399,64 @@ def test_host_reads_do_not_grow_with_n_steps(monkeypatch: pytest.MonkeyPatch) ->
     host_short, host_long = _host_reads(False, 8, monkeypatch), _host_reads(False, 32, monkeypatch)
     assert host_long - host_short >= 2 * (32 - 8)
     assert long < host_long
+
+
+# -- the device buffer against SB3's ------------------------------------------------------------------------------
+
+
+def _route_options() -> dict[str, Any]:
+    from sb3_tensorpatch.table import select_rows
+
+    (row,) = [row for row in select_rows().rows if row.route == "collect_rollouts"]
+    return row.options
+
+
+@pytest.mark.parametrize(
+    "obs_kind,act_kind",
+    [("Box", "Discrete"), ("Discrete", "Box"), ("uint8", "MultiDiscrete"), ("MultiBinary", "MultiBinary"), ("Dict", "Discrete")],
+)
+def test_device_buffer_samples_equal_sb3s(obs_kind: str, act_kind: str) -> None:
+    # the same data in SB3's buffer and in ours (as the route stores it): get() yields the same samples, with the
+    # observations in the dtype this SB3 release stores them in, from the same draw of NumPy's generator
+    from helpers import action_space, observation_space
+
+    from sb3_tensorpatch.buffers import device_buffer
+
+    obs_space = spaces.Box(0, 255, (2, 3), np.uint8) if obs_kind == "uint8" else observation_space(obs_kind)
+    act_space = action_space(act_kind)
+    n_steps, n_envs = 5, 4
+    cls = DictRolloutBuffer if obs_kind == "Dict" else RolloutBuffer
+    theirs = cls(n_steps, obs_space, act_space, device="cpu", gae_lambda=0.9, gamma=0.95, n_envs=n_envs)
+    ours = device_buffer(cls(n_steps, obs_space, act_space, device="cpu", gae_lambda=0.9, gamma=0.95, n_envs=n_envs))
+    assert ours is not None
+    options = _route_options()
+    ours.start(options["store_obs_float32"])
+    obs_space.seed(0)
+    act_space.seed(1)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(n_steps):
+        obs = [obs_space.sample() for _ in range(n_envs)]
+        batch = {key: np.stack([o[key] for o in obs]) for key in obs[0]} if obs_kind == "Dict" else np.stack(obs)
+        actions = np.stack([act_space.sample() for _ in range(n_envs)])
+        rewards = torch.randn(n_envs, generator=generator).numpy()
+        starts = (torch.rand(n_envs, generator=generator) < 0.3).numpy()
+        values = torch.randn(n_envs, 1, generator=generator)
+        log_probs = torch.randn(n_envs, generator=generator)
+        theirs.add(batch, actions, rewards, starts, values, log_probs)
+        tensors = {k: torch.as_tensor(v) for k, v in batch.items()} if isinstance(batch, dict) else torch.as_tensor(batch)
+        ours.add_tensors(tensors, torch.as_tensor(actions), torch.as_tensor(rewards), torch.as_tensor(starts), values, log_probs)
+    last_values, dones = torch.randn(n_envs, 1, generator=generator), np.array([True, False, True, False])
+    theirs.compute_returns_and_advantage(last_values, dones)
+    ours.compute_on_device(last_values, torch.as_tensor(dones), options["float32_dones"])
+    np.random.seed(7)
+    want = list(theirs.get(6))
+    np.random.seed(7)
+    got = list(ours.get(6))
+    assert len(got) == len(want) == 4
+    for mine, reference in zip(got, want):
+        for name in reference._fields:
+            a, b = getattr(mine, name), getattr(reference, name)
+            pairs = [(a[key], b[key]) for key in b] if isinstance(b, dict) else [(a, b)]
+            for x, y in pairs:
+                assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), name
+    assert np.array_equal(ours.values, theirs.values) and np.array_equal(ours.returns, theirs.returns)
