@@ -19,6 +19,7 @@ from . import host, normalization
 from .errors import SizeMismatchError, StatePairError
 from .observations import batch_size, check_reachable
 from .plans import PolicyPlan, plan_for
+from .rollouts import collect_rollouts_route
 from .validation import _local as _validation
 from .validation import _slot as _validation_slot
 from .validation import install as _install_validation
@@ -371,4 +372,5 @@ ROUTES: dict[str, Callable[..., Route]] = {
     "unnormalize_obs": normalization.unnormalize_obs_route,
     "normalize_reward": normalization.normalize_reward_route,
     "unnormalize_reward": _fixed(normalization.unnormalize_reward),
+    "collect_rollouts": collect_rollouts_route,
 }

@@ -75,6 +75,8 @@ NEWEST_SUPPORTED = TESTED_UP_TO[SB3]
 
 _PREDICT = ("observation", "state", "episode_start", "deterministic")
 _MASKABLE_PREDICT = (*_PREDICT, "action_masks")
+_COLLECT = "stable_baselines3.common.on_policy_algorithm:OnPolicyAlgorithm.collect_rollouts"
+_COLLECT_PARAMS = ("env", "callback", "rollout_buffer", "n_rollout_steps")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Row:
     :param route: the name of the tensor route in :mod:`sb3_tensorpatch.routes`
     :param params: the parameter names the target must have, ``self`` excluded, in order
     :param options: route options that mirror a behaviour of these releases
+    :param decides: the route gets every call while the patch is on and decides itself what it covers,
+        calling the original for the rest (for a target whose first argument is not the observation);
+        otherwise only tensor input reaches the route
     :param until: where the row ends, as a PEP 440 clause (``"<2.5.0"``, ``"<=2.9.2"``); filled in
         from the next row for the same target, or from :data:`TESTED_UP_TO`, when ``ROWS`` is built
     """
@@ -97,6 +102,7 @@ class Row:
     route: str
     params: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    decides: bool = False
     until: str = ""
 
     @property
@@ -151,6 +157,18 @@ ROWS: tuple[Row, ...] = _with_upper_ends(
             "normalize_reward", ("reward",), {"float32": True}),
         Row(SB3, "1.8.0", "stable_baselines3.common.vec_env.vec_normalize:VecNormalize.unnormalize_reward",
             "unnormalize_reward", ("reward",)),
+        # collect_rollouts of PPO and A2C on a TensorVecEnv: on the env's device (rollouts.py); the route
+        # decides what it covers (its first argument is the env). From 2.2.0 a falsy on_step() stops and
+        # update_locals() is called once more at the end; GAE's last step is float32 from 2.4.0 (float64
+        # before); the buffer stores observations in the space's dtype from 2.7.1 (float32 before).
+        Row(SB3, "1.8.0", _COLLECT, "collect_rollouts", _COLLECT_PARAMS, decides=True, options={
+            "stop_on_falsy": False, "final_update_locals": False, "float32_dones": False, "store_obs_float32": True}),
+        Row(SB3, "2.2.0", _COLLECT, "collect_rollouts", _COLLECT_PARAMS, decides=True, options={
+            "stop_on_falsy": True, "final_update_locals": True, "float32_dones": False, "store_obs_float32": True}),
+        Row(SB3, "2.4.0", _COLLECT, "collect_rollouts", _COLLECT_PARAMS, decides=True, options={
+            "stop_on_falsy": True, "final_update_locals": True, "float32_dones": True, "store_obs_float32": True}),
+        Row(SB3, "2.7.1", _COLLECT, "collect_rollouts", _COLLECT_PARAMS, decides=True, options={
+            "stop_on_falsy": True, "final_update_locals": True, "float32_dones": True, "store_obs_float32": False}),
         # sb3-contrib
         Row(CONTRIB, "1.8.0", "sb3_contrib.qrdqn.qrdqn:QRDQN.predict", "epsilon_greedy", _PREDICT),
         # MaskableActorCriticPolicy.predict: returns (actions, None) up to 2.2.1, (actions, state) after;

@@ -127,6 +127,7 @@ def _check_final_observations_convert(env: Any) -> None:
     already happened. Said before training starts instead.
     """
     try:
+        from gymnasium.error import DependencyNotInstalled
         from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorWrapper
     except ImportError:  # gym-based SB3 1.x, or gymnasium < 1.0: no such wrapper exists
         return
@@ -139,13 +140,13 @@ def _check_final_observations_convert(env: Any) -> None:
         from gymnasium.wrappers.vector.array_conversion import ArrayConversion  # gymnasium >= 1.1
 
         conversions.append(ArrayConversion)
-    except Exception:  # older gymnasium, or array-api-compat missing (then no NumpyToTorch either)
+    except (ImportError, DependencyNotInstalled):  # older gymnasium, or array-api-compat missing
         pass
     try:
         from gymnasium.wrappers.vector.numpy_to_torch import NumpyToTorch
 
         conversions.append(NumpyToTorch)
-    except Exception:
+    except (ImportError, DependencyNotInstalled):
         pass
     layer: Any = env
     while isinstance(layer, VectorWrapper):

@@ -95,7 +95,8 @@ def make_wrapper(function: Any, route: Route, first: str, record: Record) -> Cal
         "_foreign": foreign_route(route, tuple(inspect.signature(function).parameters)[1:]),
     }
     is_function = type(function) is types.FunctionType  # not isinstance: proxies such as wrapt pass that test
-    source = _source(inspect.signature(function), first, is_function, namespace)
+    decides = record.row is not None and record.row.decides
+    source = _source(inspect.signature(function), first, is_function, namespace, decides)
     # written from the checked signature's parameter names only; tracebacks name the target
     exec(compile(source, f"<sb3-tensorpatch wrapper of {record.target}>", "exec"), namespace)
     wrapper: Callable[..., Any] = namespace["wrapper"]
@@ -131,11 +132,12 @@ def _parameters(signature: inspect.Signature, first: str, namespace: dict[str, A
     return declared
 
 
-def _source(signature: inspect.Signature, first: str, is_function: bool, namespace: dict[str, Any]) -> str:
+def _source(signature: inspect.Signature, first: str, is_function: bool, namespace: dict[str, Any], decides: bool = False) -> str:
     """The source of the wrapper: the exact-signature form, or the ``(*args, **kwargs)`` form.
 
     :param is_function: the original is a function, called directly; else it is bound through the
         descriptor protocol first (a wrapper someone installed before us, a proxy)
+    :param decides: every call goes to the route while the patch is active (the row's ``decides``)
     """
     declared = _parameters(signature, first, namespace)
     if declared is not None:
@@ -152,6 +154,8 @@ def _source(signature: inspect.Signature, first: str, is_function: bool, namespa
     original = f"_function({arguments})" if is_function else f"_function.__get__({instance}, type({instance}))({rest})"
     if declared is None and not is_function:
         original = f"({original} if _args else _function(**_kwargs))"
+    if decides:
+        return f"def wrapper({parameters}):\n    if {called}:\n        return _route({arguments})\n    return {original}\n"
     return (
         f"def wrapper({parameters}):\n"
         f"{guard}"
