@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import host, sb3
+from . import host, lowering, sb3
 from .actions import ActionPlan
 from .notices import warn_once
 from .observations import ObservationPlan, check_reachable, copy_input, to_device
@@ -45,8 +45,8 @@ class PolicyPlan:
     """
 
     __slots__ = (
-        "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "modules", "obs",
-        "observation_space", "param", "random_host",
+        "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "lowered", "lowering",
+        "modules", "obs", "observation_space", "param", "random_host",
     )
 
     def __init__(self, policy: BasePolicy) -> None:
@@ -81,6 +81,9 @@ class PolicyPlan:
         #: works on a copy, and code other than SB3's own (a custom features extractor, a hook) may
         #: work in place; SB3's own modules never do, so their common path stays copy-free
         self.copy_input = not _own_code(policy)
+        #: ``_predict`` as direct op calls where it is provably SB3's standard one (see
+        #: :mod:`.lowering`), else ``None``; ``lowering`` says which, or why not
+        self.lowered, self.lowering = lowering.lower(policy)
 
     def device(self) -> torch.device:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""

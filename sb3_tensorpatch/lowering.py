@@ -1,0 +1,372 @@
+"""The lowered fast path: SB3's standard policies restated as direct calls of the ops their modules make.
+
+Most of a batch-of-one tensor predict is Python around the arithmetic: ``nn.Module.__call__`` for
+every layer, distribution objects built only to take their mode or one sample, and SB3's layers of
+``forward`` helpers. :func:`lower` recognises SB3's standard module trees (``FlattenExtractor`` and
+``Sequential`` stacks of ``Linear`` and torch's activations under ``ActorCriticPolicy``, DQN's
+``QNetwork``, SAC's and TD3's ``Actor``) and returns a :class:`Lowered` that computes the actions
+with the very calls those modules' ``forward`` methods make, in the same order, on the live
+parameters (read from each module's ``_parameters`` on every call, so optimizer steps,
+``load_state_dict`` with or without ``assign``, and ``.to(device)`` are all seen), and draws from
+torch's generator exactly as SB3's distributions do (same calls, same order, so the same seed gives
+the same actions).
+
+It is used only where nothing can differ from SB3's own path: every module on the path is exactly
+torch's or SB3's class (not a subclass), the policy's methods on the path are SB3's own functions,
+and the observation space is a non-image ``Box`` (preprocessing is ``obs.float()``). Anything else
+is refused when the plan is built, with the reason. What may change later is checked on every call
+by :meth:`Lowered.live`, in three C-level passes: no hook (forward, backward, per module or global),
+no new attribute on a module or the policy (an instance-level method override), no sub-module
+replaced, added or removed. A call that fails the check takes SB3's ``_predict``.
+
+The lowered path does not leave a distribution object on ``policy.action_dist`` (SB3's ``_predict``
+does, as a by-product; nothing in SB3 reads it after ``predict``).
+
+Set ``SB3_TENSORPATCH_LOWERING=0`` in the environment, or :data:`enabled` to ``False`` (then
+``disable()`` and ``enable()``, or :func:`sb3_tensorpatch.plans.clear`), to build no lowered plans.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _torch_module
+
+from . import sb3
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.policies import BasePolicy
+
+Tensor = torch.Tensor
+Step = Callable[[Tensor], Tensor]
+#: ``actions(obs, deterministic)``: the raw actions ``policy._predict`` would return
+Actions = Callable[[Tensor, bool], Tensor]
+
+#: whether plans built from now on may be lowered (``SB3_TENSORPATCH_LOWERING=0`` turns it off)
+enabled: bool = os.environ.get("SB3_TENSORPATCH_LOWERING", "1").strip().lower() not in ("0", "false", "off", "no")
+
+_linear = torch._C._nn.linear  # what nn.Linear.forward calls (F.linear is this very function)
+_getitem = operator.getitem
+
+#: torch's process-wide module hooks: any of them set, and every module call runs it
+_GLOBAL_HOOKS = (
+    _torch_module._global_forward_hooks,
+    _torch_module._global_forward_pre_hooks,
+    _torch_module._global_backward_hooks,
+    _torch_module._global_backward_pre_hooks,
+)
+
+
+class Unlowerable(Exception):
+    """Raised while building: the policy has something the lowered path does not restate."""
+
+
+class Lowered:
+    """A policy's ``_predict`` as direct op calls, and the per-call check that it still applies.
+
+    :param actions: ``actions(obs, deterministic)``, the raw actions of ``_predict``
+    :param path: what was recorded while building ``actions``
+    :param description: what was lowered, for ``doctor``
+    """
+
+    __slots__ = ("_children", "_dicts", "_names", "_parents", "_sizes", "actions", "description")
+
+    def __init__(self, actions: Actions, path: _Path, description: str) -> None:
+        self.actions = actions
+        self.description = description
+        self._dicts = tuple(path.dicts)
+        self._sizes = [len(d) for d in path.dicts]
+        self._parents = tuple(parent for parent, _, _ in path.links)
+        self._names = tuple(name for _, name, _ in path.links)
+        self._children = [child for _, _, child in path.links]
+
+    def live(self) -> bool:
+        """Whether the policy is still exactly what :attr:`actions` restates.
+
+        Every hook dict must still be empty, and no instance ``__dict__`` of a module on the path
+        (nor the policy's) and no ``Sequential`` may have gained or lost an entry: those sizes are
+        all compared at once. And every sub-module on the path must be the very object found when
+        the plan was built.
+        """
+        return list(map(len, self._dicts)) == self._sizes and list(map(_getitem, self._parents, self._names)) == self._children
+
+
+class _Path:
+    """What building a lowered function records: the dicts whose sizes and the links whose targets
+    :meth:`Lowered.live` checks on every call."""
+
+    def __init__(self) -> None:
+        self.dicts: list[dict[Any, Any]] = list(_GLOBAL_HOOKS)
+        self.links: list[tuple[dict[str, Any], str, nn.Module]] = []
+        self._watched: set[int] = set()
+
+    def watch(self, obj: Any) -> None:
+        """Watch the size of ``obj``'s instance dict: a method set on the instance would be called instead."""
+        if id(obj) not in self._watched:
+            self._watched.add(id(obj))
+            self.dicts.append(vars(obj))
+
+    def owner(self, obj: nn.Module, methods: dict[str, Any]) -> None:
+        """Require ``methods`` (name -> SB3's function) of ``obj``'s class to be SB3's own, and watch
+        ``obj``'s instance dict for an override set on the instance."""
+        cls = type(obj)
+        for name, function in methods.items():
+            if getattr(cls, name, None) is not function:
+                raise Unlowerable(f"{cls.__qualname__}.{name} is overridden")
+            if name in vars(obj):
+                raise Unlowerable(f"{name} is set on the {cls.__qualname__} instance")
+        self.watch(obj)
+
+    def child(self, parent: nn.Module, name: str, *classes: type, called: bool = True) -> Any:
+        """Return ``parent``'s sub-module ``name``, which must be exactly one of ``classes``.
+
+        :param called: whether SB3 calls the module (``module(x)``), so that its hooks run
+        """
+        module = parent._modules.get(name)
+        if type(module) not in classes:
+            raise Unlowerable(f"{type(parent).__qualname__}.{name} is a {type(module).__qualname__}, not {' or '.join(c.__qualname__ for c in classes)}")
+        assert module is not None
+        self.links.append((parent._modules, name, module))
+        self.watch(module)
+        if called:
+            hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+            if any(hooks):
+                raise Unlowerable(f"{type(parent).__qualname__}.{name} has a hook")
+            self.dicts.extend(hooks)
+        return module
+
+    def linear(self, parent: nn.Module, name: str) -> Step:
+        """``parent.name(x)`` for an ``nn.Linear``: ``F.linear(x, weight, bias)`` on the live parameters."""
+        params = self.child(parent, name, nn.Linear)._parameters
+
+        def linear(x: Tensor) -> Tensor:
+            return _linear(x, params["weight"], params["bias"])
+
+        return linear
+
+    def sequential(self, parent: nn.Module, name: str) -> list[Step]:
+        """The steps of ``parent.name``, an ``nn.Sequential`` of ``Linear`` and activations."""
+        sequential = self.child(parent, name, nn.Sequential)
+        self.dicts.append(sequential._modules)  # an appended or deleted layer changes its size
+        steps: list[Step] = []
+        for key, module in sequential._modules.items():
+            if type(module) is nn.Linear:
+                steps.append(self.linear(sequential, key))
+            elif type(module) in _ACTIVATIONS:
+                self.child(sequential, key, type(module))
+                steps.append(_ACTIVATIONS[type(module)](vars(module)))
+            else:
+                raise Unlowerable(f"{type(module).__qualname__} in {type(parent).__qualname__}.{name} is not lowered")
+        return steps
+
+    def features(self, owner: Any, name: str) -> list[Step]:
+        """``owner.extract_features(obs, owner.name)`` (SB3's ``BaseModel.extract_features``) as steps.
+
+        Only a non-image ``Box`` is lowered: ``preprocess_obs`` is then ``obs.float()`` whatever
+        ``normalize_images`` says. Only SB3's ``FlattenExtractor`` is lowered.
+        """
+        from stable_baselines3.common.torch_layers import FlattenExtractor
+
+        space = owner.observation_space
+        if not isinstance(space, sb3.spaces.Box):
+            raise Unlowerable(f"{type(space).__name__} observations are not lowered")
+        if sb3.is_image_space(space):
+            raise Unlowerable("image observations are not lowered")
+        extractor = self.child(owner, name, FlattenExtractor)
+        flatten = vars(self.child(extractor, "flatten", nn.Flatten))
+
+        def flat(x: Tensor) -> Tensor:
+            return x.flatten(flatten["start_dim"], flatten["end_dim"])
+
+        return [Tensor.float, flat]
+
+
+def _activation(function: Callable[..., Tensor], *names: str) -> Callable[[dict[str, Any]], Step]:
+    """A step maker for an activation module whose ``forward`` is ``function(input, *attributes)``:
+    the attributes are read from the module's ``__dict__`` on every call, as ``forward`` reads them."""
+
+    def make(attributes: dict[str, Any]) -> Step:
+        if not names:
+            return function  # type: ignore[return-value]
+        if len(names) == 1:
+            (first,) = names
+
+            def one(x: Tensor) -> Tensor:
+                return function(x, attributes[first])
+
+            return one
+
+        def several(x: Tensor) -> Tensor:
+            return function(x, *[attributes[name] for name in names])
+
+        return several
+
+    return make
+
+
+#: torch's activation modules SB3's ``activation_fn`` takes, with what each ``forward`` calls
+#: (checked against torch/nn/modules/activation.py: the positional order is the functional's)
+_ACTIVATIONS: dict[type, Callable[[dict[str, Any]], Step]] = {
+    nn.Tanh: _activation(torch.tanh),
+    nn.Sigmoid: _activation(torch.sigmoid),
+    nn.ReLU: _activation(F.relu, "inplace"),
+    nn.ELU: _activation(F.elu, "alpha", "inplace"),
+    nn.LeakyReLU: _activation(F.leaky_relu, "negative_slope", "inplace"),
+    nn.SiLU: _activation(F.silu, "inplace"),
+    nn.GELU: _activation(lambda x, approximate: F.gelu(x, approximate=approximate), "approximate"),
+}
+
+
+def _run(steps: list[Step]) -> Step:
+    """One step for a chain of steps."""
+    chain = tuple(steps)
+
+    def run(x: Tensor) -> Tensor:
+        for step in chain:
+            x = step(x)
+        return x
+
+    return run
+
+
+def _gaussian_sample(mean: Tensor, log_std: Tensor) -> Tensor:
+    """One draw of SB3's ``DiagGaussianDistribution`` (``proba_distribution`` then ``sample``).
+
+    SB3 builds ``scale = ones_like(mean) * log_std.exp()`` and ``Normal(mean, scale)``, whose
+    ``rsample`` broadcasts the two (``scale`` has the broadcast shape already), draws
+    ``torch.empty(shape).normal_()`` and returns ``loc + eps * scale``.
+    """
+    scale = torch.ones_like(mean) * log_std.exp()
+    eps = torch.empty(scale.shape, dtype=mean.dtype, device=mean.device).normal_()
+    return mean + eps * scale
+
+
+def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
+    from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.torch_layers import MlpExtractor
+
+    path.owner(policy, {name: getattr(ActorCriticPolicy, name) for name in ("_predict", "get_distribution", "extract_features", "_get_action_dist_from_latent")})
+    features = path.features(policy, "pi_features_extractor")
+    extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=False)  # forward_actor is called, not the module
+    path.owner(extractor, {"forward_actor": MlpExtractor.forward_actor})
+    latent = _run(features + path.sequential(extractor, "policy_net"))
+    head = path.linear(policy, "action_net")
+    distribution = type(policy.action_dist)
+    if distribution is DiagGaussianDistribution:
+        params = policy._parameters
+
+        def gaussian(obs: Tensor, deterministic: bool) -> Tensor:
+            mean = head(latent(obs))
+            return mean if deterministic else _gaussian_sample(mean, params["log_std"])
+
+        return gaussian, "diagonal Gaussian"
+    if distribution is CategoricalDistribution:
+
+        def categorical(obs: Tensor, deterministic: bool) -> Tensor:
+            logits = head(latent(obs))
+            # Categorical(logits=...) normalises the logits; its probs are softmax of those
+            probs = (logits - logits.logsumexp(dim=-1, keepdim=True)).softmax(-1)
+            if deterministic:
+                return torch.argmax(probs, dim=1)
+            # Categorical.sample with sample_shape ()
+            return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, True).T.reshape(probs.shape[:-1])
+
+        return categorical, "categorical"
+    raise Unlowerable(f"{distribution.__qualname__} is not lowered")
+
+
+def _q_network(policy: Any, path: _Path) -> tuple[Actions, str]:
+    from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+
+    path.owner(policy, {"_predict": DQNPolicy._predict})
+    q_net = path.child(policy, "q_net", QNetwork)  # QNetwork._predict calls self(observation)
+    path.owner(q_net, {"_predict": QNetwork._predict, "forward": QNetwork.forward, "extract_features": QNetwork.extract_features})
+    q_values = _run(path.features(q_net, "features_extractor") + path.sequential(q_net, "q_net"))
+
+    def greedy(obs: Tensor, deterministic: bool) -> Tensor:
+        return q_values(obs).argmax(dim=1).reshape(-1)
+
+    return greedy, "greedy Q"
+
+
+def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
+    from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
+    from stable_baselines3.sac import policies
+
+    path.owner(policy, {"_predict": policies.SACPolicy._predict})
+    actor = path.child(policy, "actor", policies.Actor)  # SACPolicy._predict calls self.actor(...)
+    names = ("forward", "get_action_dist_params", "extract_features")
+    path.owner(actor, {name: getattr(policies.Actor, name) for name in names})
+    if actor.use_sde or type(actor.action_dist) is not SquashedDiagGaussianDistribution:
+        raise Unlowerable("SAC with gSDE is not lowered")
+    latent = _run(path.features(actor, "features_extractor") + path.sequential(actor, "latent_pi"))
+    mu = path.linear(actor, "mu")
+    log_std = path.linear(actor, "log_std")
+    low, high = policies.LOG_STD_MIN, policies.LOG_STD_MAX
+
+    def squashed(obs: Tensor, deterministic: bool) -> Tensor:
+        hidden = latent(obs)
+        mean = mu(hidden)
+        if deterministic:
+            return torch.tanh(mean)
+        return torch.tanh(_gaussian_sample(mean, torch.clamp(log_std(hidden), low, high)))
+
+    return squashed, "squashed diagonal Gaussian"
+
+
+def _td3_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
+    from stable_baselines3.td3 import policies
+
+    path.owner(policy, {"_predict": policies.TD3Policy._predict})
+    actor = path.child(policy, "actor", policies.Actor)  # TD3Policy._predict calls self.actor(...)
+    path.owner(actor, {"forward": policies.Actor.forward, "extract_features": policies.Actor.extract_features})
+    mu = _run(path.features(actor, "features_extractor") + path.sequential(actor, "mu"))
+
+    def deterministic_actor(obs: Tensor, deterministic: bool) -> Tensor:
+        return mu(obs)
+
+    return deterministic_actor, "deterministic actor"
+
+
+def _builder(policy: BasePolicy) -> Callable[[Any, _Path], tuple[Actions, str]]:
+    """The lowering for ``policy``'s kind, recognised by its ``_predict`` being SB3's own."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.dqn.policies import DQNPolicy
+    from stable_baselines3.sac.policies import SACPolicy
+    from stable_baselines3.td3.policies import TD3Policy
+
+    predict = type(policy)._predict
+    for base, builder in (
+        (ActorCriticPolicy, _actor_critic),
+        (DQNPolicy, _q_network),
+        (SACPolicy, _sac_actor),
+        (TD3Policy, _td3_actor),
+    ):
+        if predict is base._predict:
+            return builder
+    raise Unlowerable(f"{type(policy).__qualname__}._predict is not one the lowering restates")
+
+
+def lower(policy: BasePolicy) -> tuple[Lowered | None, str]:
+    """Lower ``policy``'s ``_predict`` if it is provably the same as SB3's standard one.
+
+    :param policy: an SB3 policy
+    :return: the lowered ``_predict`` (``None`` where it cannot be) and a sentence saying what was
+        lowered, or why not
+    """
+    if not enabled:
+        return None, "lowering is turned off"
+    path = _Path()
+    try:
+        if any(path.dicts):
+            raise Unlowerable("a global module hook is set")
+        actions, what = _builder(policy)(policy, path)
+    except Unlowerable as why:
+        return None, str(why)
+    return Lowered(actions, path, f"lowered ({what})"), f"lowered ({what})"
