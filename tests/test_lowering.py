@@ -410,3 +410,21 @@ def test_sac_log_std_is_clamped_as_sb3_clamps_it(lowered_calls: list[int]) -> No
         model.policy.actor.log_std.bias.copy_(torch.tensor([30.0, -60.0]))
     _assert_parity(model, _observations(), False, seed=2)
     assert lowered_calls
+
+
+def test_doctor_says_which_path_each_model_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from sb3_tensorpatch import doctor
+
+    models = [
+        ("PPO Box", lambda: _model("PPO", "Box", {"net_arch": [8]})),
+        ("PPO custom extractor", lambda: _model("PPO", "Box", {"net_arch": [8], "features_extractor_class": _Scaled})),
+    ]
+    monkeypatch.setattr(doctor, "_models", lambda: models)
+    out = io.StringIO()
+    assert doctor.run(out) == 0
+    paths = [line.split("path: ", 1)[1] for line in out.getvalue().splitlines() if "path: " in line]
+    assert len(paths) == 2
+    assert paths[0] == "lowered (diagonal Gaussian)"
+    assert paths[1].startswith("not lowered, ActorCriticPolicy.pi_features_extractor is a _Scaled")
