@@ -15,7 +15,7 @@ It is used only where nothing can differ from SB3's own path: every module on th
 torch's or SB3's class (not a subclass), the policy's methods on the path are SB3's own functions,
 and the observation space is a non-image ``Box`` (preprocessing is ``obs.float()``). Anything else
 is refused when the plan is built, with the reason. What may change later is checked on every call
-by :meth:`Lowered.live`, in three C-level passes: no hook (forward, backward, per module or global),
+by :meth:`Lowered.live`, in two C-level passes: no forward hook or pre-hook (per module or global),
 no new attribute on a module or the policy (an instance-level method override), no sub-module
 replaced, added or removed. A call that fails the check takes SB3's ``_predict``.
 
@@ -53,13 +53,11 @@ enabled: bool = os.environ.get("SB3_TENSORPATCH_LOWERING", "1").strip().lower() 
 _linear = torch._C._nn.linear  # what nn.Linear.forward calls (F.linear is this very function)
 _getitem = operator.getitem
 
-#: torch's process-wide module hooks: any of them set, and every module call runs it
-_GLOBAL_HOOKS = (
-    _torch_module._global_forward_hooks,
-    _torch_module._global_forward_pre_hooks,
-    _torch_module._global_backward_hooks,
-    _torch_module._global_backward_pre_hooks,
-)
+#: torch's process-wide forward hooks: any of them set, and every module call runs it. Backward
+#: hooks are left out here and per module: with autograd off (SB3's ``predict`` and the routes run
+#: under ``no_grad``) ``Module.__call__`` leaves the inputs and outputs untouched for them
+#: (``BackwardHook`` hooks only tensors that require grad while grad is enabled).
+_GLOBAL_HOOKS = (_torch_module._global_forward_hooks, _torch_module._global_forward_pre_hooks)
 
 
 class Unlowerable(Exception):
@@ -134,7 +132,7 @@ class _Path:
         self.links.append((parent._modules, name, module))
         self.watch(module)
         if called:
-            hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+            hooks = (module._forward_hooks, module._forward_pre_hooks)  # see _GLOBAL_HOOKS
             if any(hooks):
                 raise Unlowerable(f"{type(parent).__qualname__}.{name} has a hook")
             self.dicts.extend(hooks)
