@@ -52,6 +52,7 @@ enabled: bool = os.environ.get("SB3_TENSORPATCH_LOWERING", "1").strip().lower() 
 
 _linear = torch._C._nn.linear  # what nn.Linear.forward calls (F.linear is this very function)
 _getitem = operator.getitem
+_is = operator.is_
 
 #: torch's process-wide forward hooks: any of them set, and every module call runs it. Backward
 #: hooks are left out here and per module: with autograd off (SB3's ``predict`` and the routes run
@@ -91,7 +92,7 @@ class Lowered:
         all compared at once. And every sub-module on the path must be the very object found when
         the plan was built.
         """
-        return list(map(len, self._dicts)) == self._sizes and list(map(_getitem, self._parents, self._names)) == self._children
+        return list(map(len, self._dicts)) == self._sizes and all(map(_is, map(_getitem, self._parents, self._names), self._children))
 
 
 class _Path:
@@ -100,7 +101,8 @@ class _Path:
 
     def __init__(self) -> None:
         self.dicts: list[dict[Any, Any]] = list(_GLOBAL_HOOKS)
-        self.links: list[tuple[dict[str, Any], str, nn.Module]] = []
+        #: (dict, key, value): ``dict[key] is value`` on every call (sub-modules and attributes)
+        self.links: list[tuple[dict[str, Any], str, Any]] = []
         self._watched: set[int] = set()
 
     def watch(self, obj: Any) -> None:
@@ -138,6 +140,16 @@ class _Path:
             self.dicts.extend(hooks)
         return module
 
+    def attribute(self, owner: Any, name: str) -> Any:
+        """Return ``owner.name``, a plain instance attribute SB3's path reads on every call; it must
+        still be this very object on every later call."""
+        attributes = vars(owner)
+        if name not in attributes:
+            raise Unlowerable(f"{type(owner).__qualname__}.{name} is not an instance attribute")
+        value = attributes[name]
+        self.links.append((attributes, name, value))
+        return value
+
     def linear(self, parent: nn.Module, name: str) -> Step:
         """``parent.name(x)`` for an ``nn.Linear``: ``F.linear(x, weight, bias)`` on the live parameters."""
         params = self.child(parent, name, nn.Linear)._parameters
@@ -170,7 +182,7 @@ class _Path:
         """
         from stable_baselines3.common.torch_layers import FlattenExtractor
 
-        space = owner.observation_space
+        space = self.attribute(owner, "observation_space")  # preprocess_obs reads it on every call
         if not isinstance(space, sb3.spaces.Box):
             raise Unlowerable(f"{type(space).__name__} observations are not lowered")
         if sb3.is_image_space(space):
@@ -245,7 +257,12 @@ def _gaussian_sample(mean: Tensor, log_std: Tensor) -> Tensor:
 
 
 def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
-    from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
+    from stable_baselines3.common.distributions import (
+        BernoulliDistribution,
+        CategoricalDistribution,
+        DiagGaussianDistribution,
+        MultiCategoricalDistribution,
+    )
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.torch_layers import MlpExtractor
 
@@ -255,8 +272,9 @@ def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
     path.owner(extractor, {"forward_actor": MlpExtractor.forward_actor})
     latent = _run(features + path.sequential(extractor, "policy_net"))
     head = path.linear(policy, "action_net")
-    distribution = type(policy.action_dist)
-    if distribution is DiagGaussianDistribution:
+    action_dist = path.attribute(policy, "action_dist")  # _get_action_dist_from_latent dispatches on it
+    kind = type(action_dist)
+    if kind is DiagGaussianDistribution:
         params = policy._parameters
 
         def gaussian(obs: Tensor, deterministic: bool) -> Tensor:
@@ -264,19 +282,51 @@ def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
             return mean if deterministic else _gaussian_sample(mean, params["log_std"])
 
         return gaussian, "diagonal Gaussian"
-    if distribution is CategoricalDistribution:
+    if kind is CategoricalDistribution:
 
         def categorical(obs: Tensor, deterministic: bool) -> Tensor:
-            logits = head(latent(obs))
-            # Categorical(logits=...) normalises the logits; its probs are softmax of those
-            probs = (logits - logits.logsumexp(dim=-1, keepdim=True)).softmax(-1)
-            if deterministic:
-                return torch.argmax(probs, dim=1)
-            # Categorical.sample with sample_shape ()
-            return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, True).T.reshape(probs.shape[:-1])
+            probs = _categorical_probs(head(latent(obs)))
+            return torch.argmax(probs, dim=1) if deterministic else _categorical_sample(probs)
 
         return categorical, "categorical"
-    raise Unlowerable(f"{distribution.__qualname__} is not lowered")
+    if kind is MultiCategoricalDistribution:
+        dims = vars(action_dist)
+        path.attribute(action_dist, "action_dims")
+
+        def multi_categorical(obs: Tensor, deterministic: bool) -> Tensor:
+            # one Categorical per split, each built (its logits normalised) before any is used
+            parts = [_normalised(split) for split in torch.split(head(latent(obs)), list(dims["action_dims"]), dim=1)]
+            if deterministic:
+                return torch.stack([torch.argmax(part.softmax(-1), dim=1) for part in parts], dim=1)
+            return torch.stack([_categorical_sample(part.softmax(-1)) for part in parts], dim=1)
+
+        return multi_categorical, "multi-categorical"
+    if kind is BernoulliDistribution:
+
+        def bernoulli(obs: Tensor, deterministic: bool) -> Tensor:
+            # Bernoulli(logits=...).probs is sigmoid(logits); mode rounds them. Its sample is
+            # bernoulli(probs.expand(batch_shape)), and the batch shape is the probs' own: the
+            # expand is the same tensor, so it is left out.
+            probs = torch.sigmoid(head(latent(obs)))
+            return torch.round(probs) if deterministic else torch.bernoulli(probs)
+
+        return bernoulli, "Bernoulli"
+    raise Unlowerable(f"{kind.__qualname__} is not lowered")
+
+
+def _normalised(logits: Tensor) -> Tensor:
+    """``Categorical(logits=logits).logits``: the logits normalised by their log-sum-exp."""
+    return logits - logits.logsumexp(dim=-1, keepdim=True)
+
+
+def _categorical_probs(logits: Tensor) -> Tensor:
+    """``Categorical(logits=logits).probs``: ``F.softmax(normalised logits, dim=-1)``."""
+    return _normalised(logits).softmax(-1)
+
+
+def _categorical_sample(probs: Tensor) -> Tensor:
+    """``Categorical.sample()`` (``sample_shape`` empty) for these probabilities."""
+    return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, True).T.reshape(probs.shape[:-1])
 
 
 def _q_network(policy: Any, path: _Path) -> tuple[Actions, str]:
@@ -301,7 +351,7 @@ def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
     actor = path.child(policy, "actor", policies.Actor)  # SACPolicy._predict calls self.actor(...)
     names = ("forward", "get_action_dist_params", "extract_features")
     path.owner(actor, {name: getattr(policies.Actor, name) for name in names})
-    if actor.use_sde or type(actor.action_dist) is not SquashedDiagGaussianDistribution:
+    if path.attribute(actor, "use_sde") is not False or type(path.attribute(actor, "action_dist")) is not SquashedDiagGaussianDistribution:
         raise Unlowerable("SAC with gSDE is not lowered")
     latent = _run(path.features(actor, "features_extractor") + path.sequential(actor, "latent_pi"))
     mu = path.linear(actor, "mu")

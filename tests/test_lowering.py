@@ -26,6 +26,7 @@ from helpers import (
     sample_observations,
     stack,
 )
+from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
 from test_host_sync import CountHostReads
@@ -74,6 +75,8 @@ def _model(algo: str, act_kind: str, policy_kwargs: dict[str, Any] | None = None
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("PPO", "Box", {}),
     ("PPO", "Discrete", {}),
+    ("PPO", "MultiDiscrete", {}),
+    ("PPO", "MultiBinary", {}),
     ("A2C", "Box", {}),
     ("A2C", "Discrete", {}),
     ("SAC", "Box", {}),
@@ -83,6 +86,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("PPO", "Discrete", {"net_arch": {"pi": [8], "vf": [4]}, "activation_fn": nn.ELU, "share_features_extractor": False}),
     ("A2C", "Box", {"net_arch": {"pi": [], "vf": [4]}, "share_features_extractor": False, "log_std_init": 0.4}),
     ("A2C", "Discrete", {"net_arch": [8], "activation_fn": nn.LeakyReLU, "ortho_init": False}),
+    ("A2C", "MultiDiscrete", {"net_arch": [8], "activation_fn": nn.ReLU}),
+    ("A2C", "MultiBinary", {"net_arch": [8], "share_features_extractor": False}),
     ("SAC", "Box", {"net_arch": [8, 8], "activation_fn": nn.ELU, "log_std_init": -1.0}),
     ("SAC", "BoxPow2", {"net_arch": [8], "activation_fn": nn.SiLU}),
     ("TD3", "Box", {"net_arch": [8], "activation_fn": nn.GELU}),
@@ -122,7 +127,7 @@ def test_lowered_parity(algo: str, act_kind: str, policy_kwargs: dict[str, Any],
     assert len(lowered_calls) == 2 * 3  # model and policy, three observations each
 
 
-@pytest.mark.parametrize("algo,act_kind", [("PPO", "Box"), ("PPO", "Discrete"), ("SAC", "Box")])
+@pytest.mark.parametrize("algo,act_kind", [("PPO", "Box"), ("PPO", "Discrete"), ("PPO", "MultiDiscrete"), ("A2C", "MultiBinary"), ("SAC", "Box")])
 def test_stochastic_draws_follow_the_seed(algo: str, act_kind: str, lowered_calls: list[int]) -> None:
     # the stochastic parity above has teeth: other seeds give other actions on both paths
     model = _model(algo, act_kind)
@@ -338,6 +343,22 @@ def test_sac_replaced_sub_module_falls_back(lowered_calls: list[int]) -> None:
     _assert_falls_back(model, lowered_calls, deterministic=False)
 
 
+class _LeastLikely(CategoricalDistribution):
+    def mode(self) -> torch.Tensor:
+        return torch.argmin(self.distribution.probs, dim=1)
+
+
+def test_replaced_distribution_falls_back(lowered_calls: list[int]) -> None:
+    # action_dist is a plain attribute, not a module: _get_action_dist_from_latent dispatches on it
+    model = _model("PPO", "Discrete", {"net_arch": [8]})
+    _warm(model)
+    before, _ = model.predict(_observations()[2], deterministic=True)
+    model.policy.action_dist = _LeastLikely(int(model.action_space.n))
+    after, _ = model.predict(_observations()[2], deterministic=True)
+    assert not np.array_equal(before, after)
+    _assert_falls_back(model, lowered_calls)
+
+
 # -- live parameters --------------------------------------------------------------------------------
 
 
@@ -374,7 +395,10 @@ def test_optimizer_step_and_load_state_dict_are_seen(algo: str, act_kind: str, l
 
 
 @pytest.mark.parametrize("deterministic", [True, False], ids=["det", "stoch"])
-@pytest.mark.parametrize("algo,act_kind", [("PPO", "Box"), ("PPO", "Discrete"), ("A2C", "Box"), ("SAC", "Box"), ("TD3", "Box"), ("DQN", "Discrete")])
+@pytest.mark.parametrize(
+    "algo,act_kind",
+    [("PPO", "Box"), ("PPO", "Discrete"), ("PPO", "MultiDiscrete"), ("PPO", "MultiBinary"), ("A2C", "Box"), ("SAC", "Box"), ("TD3", "Box"), ("DQN", "Discrete")],
+)
 def test_no_host_reads_on_the_lowered_path(algo: str, act_kind: str, deterministic: bool, lowered_calls: list[int]) -> None:
     model = _model(algo, act_kind, {"net_arch": [8]})
     if algo == "DQN":
