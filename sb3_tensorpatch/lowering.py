@@ -17,7 +17,9 @@ and the observation space is a non-image ``Box`` (preprocessing is ``obs.float()
 is refused when the plan is built, with the reason. What may change later is checked on every call
 by :meth:`Lowered.live`, in two C-level passes: no forward hook or pre-hook (per module or global),
 no new attribute on a module or the policy (an instance-level method override), no sub-module
-replaced, added or removed. A call that fails the check takes SB3's ``_predict``.
+replaced, added or removed, and the plain attributes SB3's path reads (``action_dist``,
+``observation_space``, ...) still the same objects. A call that fails the check takes SB3's
+``_predict``.
 
 The lowered path does not leave a distribution object on ``policy.action_dist`` (SB3's ``_predict``
 does, as a by-product; nothing in SB3 reads it after ``predict``).
@@ -70,14 +72,12 @@ class Lowered:
 
     :param actions: ``actions(obs, deterministic)``, the raw actions of ``_predict``
     :param path: what was recorded while building ``actions``
-    :param description: what was lowered, for ``doctor``
     """
 
-    __slots__ = ("_children", "_dicts", "_names", "_parents", "_sizes", "actions", "description")
+    __slots__ = ("_children", "_dicts", "_names", "_parents", "_sizes", "actions")
 
-    def __init__(self, actions: Actions, path: _Path, description: str) -> None:
+    def __init__(self, actions: Actions, path: _Path) -> None:
         self.actions = actions
-        self.description = description
         self._dicts = tuple(path.dicts)
         self._sizes = [len(d) for d in path.dicts]
         self._parents = tuple(parent for parent, _, _ in path.links)
@@ -111,11 +111,14 @@ class _Path:
             self._watched.add(id(obj))
             self.dicts.append(vars(obj))
 
-    def owner(self, obj: nn.Module, methods: dict[str, Any]) -> None:
-        """Require ``methods`` (name -> SB3's function) of ``obj``'s class to be SB3's own, and watch
-        ``obj``'s instance dict for an override set on the instance."""
+    def owner(self, obj: nn.Module, base: type, *names: str) -> None:
+        """Require the methods ``names`` of ``obj``'s class to be ``base``'s (SB3's own functions), and
+        watch ``obj``'s instance dict for an override set on the instance."""
         cls = type(obj)
-        for name, function in methods.items():
+        for name in names:
+            function = getattr(base, name, None)
+            if function is None:
+                raise Unlowerable(f"the installed {base.__qualname__} has no {name}")
             if getattr(cls, name, None) is not function:
                 raise Unlowerable(f"{cls.__qualname__}.{name} is overridden")
             if name in vars(obj):
@@ -263,13 +266,16 @@ def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
         DiagGaussianDistribution,
         MultiCategoricalDistribution,
     )
-    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
     from stable_baselines3.common.torch_layers import MlpExtractor
 
-    path.owner(policy, {name: getattr(ActorCriticPolicy, name) for name in ("_predict", "get_distribution", "extract_features", "_get_action_dist_from_latent")})
+    path.owner(policy, ActorCriticPolicy, "_predict", "get_distribution", "_get_action_dist_from_latent")
+    # get_distribution calls super().extract_features: the next one after ActorCriticPolicy's
+    if getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None) is not BaseModel.extract_features:
+        raise Unlowerable(f"{type(policy).__qualname__} has an extract_features after ActorCriticPolicy's")
     features = path.features(policy, "pi_features_extractor")
     extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=False)  # forward_actor is called, not the module
-    path.owner(extractor, {"forward_actor": MlpExtractor.forward_actor})
+    path.owner(extractor, MlpExtractor, "forward_actor")
     latent = _run(features + path.sequential(extractor, "policy_net"))
     head = path.linear(policy, "action_net")
     action_dist = path.attribute(policy, "action_dist")  # _get_action_dist_from_latent dispatches on it
@@ -332,9 +338,9 @@ def _categorical_sample(probs: Tensor) -> Tensor:
 def _q_network(policy: Any, path: _Path) -> tuple[Actions, str]:
     from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 
-    path.owner(policy, {"_predict": DQNPolicy._predict})
+    path.owner(policy, DQNPolicy, "_predict")
     q_net = path.child(policy, "q_net", QNetwork)  # QNetwork._predict calls self(observation)
-    path.owner(q_net, {"_predict": QNetwork._predict, "forward": QNetwork.forward, "extract_features": QNetwork.extract_features})
+    path.owner(q_net, QNetwork, "_predict", "forward", "extract_features")
     q_values = _run(path.features(q_net, "features_extractor") + path.sequential(q_net, "q_net"))
 
     def greedy(obs: Tensor, deterministic: bool) -> Tensor:
@@ -347,10 +353,9 @@ def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
     from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
     from stable_baselines3.sac import policies
 
-    path.owner(policy, {"_predict": policies.SACPolicy._predict})
+    path.owner(policy, policies.SACPolicy, "_predict")
     actor = path.child(policy, "actor", policies.Actor)  # SACPolicy._predict calls self.actor(...)
-    names = ("forward", "get_action_dist_params", "extract_features")
-    path.owner(actor, {name: getattr(policies.Actor, name) for name in names})
+    path.owner(actor, policies.Actor, "forward", "get_action_dist_params", "extract_features")
     if path.attribute(actor, "use_sde") is not False or type(path.attribute(actor, "action_dist")) is not SquashedDiagGaussianDistribution:
         raise Unlowerable("SAC with gSDE is not lowered")
     latent = _run(path.features(actor, "features_extractor") + path.sequential(actor, "latent_pi"))
@@ -371,9 +376,9 @@ def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
 def _td3_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
     from stable_baselines3.td3 import policies
 
-    path.owner(policy, {"_predict": policies.TD3Policy._predict})
+    path.owner(policy, policies.TD3Policy, "_predict")
     actor = path.child(policy, "actor", policies.Actor)  # TD3Policy._predict calls self.actor(...)
-    path.owner(actor, {"forward": policies.Actor.forward, "extract_features": policies.Actor.extract_features})
+    path.owner(actor, policies.Actor, "forward", "extract_features")
     mu = _run(path.features(actor, "features_extractor") + path.sequential(actor, "mu"))
 
     def deterministic_actor(obs: Tensor, deterministic: bool) -> Tensor:
@@ -417,4 +422,4 @@ def lower(policy: BasePolicy) -> tuple[Lowered | None, str]:
         actions, what = _builder(policy)(policy, path)
     except Unlowerable as why:
         return None, str(why)
-    return Lowered(actions, path, f"lowered ({what})"), f"lowered ({what})"
+    return Lowered(actions, path), f"lowered ({what})"

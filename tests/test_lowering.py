@@ -452,3 +452,17 @@ def test_doctor_says_which_path_each_model_takes(monkeypatch: pytest.MonkeyPatch
     assert len(paths) == 2
     assert paths[0] == "lowered (diagonal Gaussian)"
     assert paths[1].startswith("not lowered, ActorCriticPolicy.pi_features_extractor is a _Scaled")
+
+
+class _ScaledValueFeatures(ActorCriticPolicy):
+    def extract_features(self, obs: Any, features_extractor: Any = None) -> Any:
+        return super().extract_features(obs, features_extractor) * 3.0
+
+
+def test_an_override_off_the_predict_path_keeps_the_lowered_path(lowered_calls: list[int]) -> None:
+    # get_distribution calls super().extract_features (BaseModel's): the subclass's override is not
+    # on _predict's path, so the lowered path is still SB3's
+    model = _model("PPO", "Box", {"net_arch": [8]}, policy=_ScaledValueFeatures)
+    _assert_parity(model, _observations(), True)
+    _assert_parity(model, _observations(), False)
+    assert len(lowered_calls) == 2 * 2 * 3
