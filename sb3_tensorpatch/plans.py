@@ -39,7 +39,9 @@ class PolicyPlan:
     A plan is rebuilt when the policy's spaces are replaced. It holds on to the policy's modules
     and first parameter, which ``load_state_dict``, ``set_parameters`` and ``.to(device)`` keep;
     a policy whose sub-networks are replaced by new modules after its first tensor predict needs
-    ``disable()`` and ``enable()`` (which drop every plan).
+    ``disable()`` and ``enable()`` (which drop every plan). The lowered ``_predict`` notices such a
+    replacement on its own path and hands the call to the policy's ``_predict`` (see
+    :meth:`.lowering.Lowered.live`), so actions stay SB3's either way.
 
     :param policy: an SB3 ``BasePolicy``
     """
