@@ -214,6 +214,24 @@ def test_hook_on_the_actor_module_falls_back(lowered_calls: list[int]) -> None:
         handle.remove()
 
 
+def test_backward_hooks_keep_the_lowered_path(lowered_calls: list[int]) -> None:
+    # with autograd off (as predict runs) Module.__call__ leaves values alone for backward hooks
+    model = _ppo_box()
+    _warm(model)
+    lowered_calls.clear()
+    handles = [
+        model.policy.action_net.register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * 0,)),
+        model.policy.mlp_extractor.policy_net[0].register_full_backward_pre_hook(lambda module, grad_out: (grad_out[0] * 0,)),
+    ]
+    try:
+        _assert_parity(model, _observations(), True)
+        _assert_parity(model, _observations(), False)
+        assert len(lowered_calls) == 2 * 2 * 3
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class _HalfPredict(ActorCriticPolicy):
     def _predict(self, observation: Any, deterministic: bool = False) -> torch.Tensor:
         return super()._predict(observation, deterministic) * 0.5
