@@ -2,8 +2,8 @@
 
 Most of a batch-of-one tensor predict is Python around the arithmetic: ``nn.Module.__call__`` for
 every layer, distribution objects built only to take their mode or one sample, and SB3's layers of
-``forward`` helpers. :func:`lower` recognises SB3's standard module trees (``FlattenExtractor`` and
-``Sequential`` stacks of ``Linear`` and torch's activations under ``ActorCriticPolicy``, DQN's
+``forward`` helpers. :func:`lower` recognises SB3's standard module trees (``FlattenExtractor``,
+``NatureCNN`` and ``Sequential`` stacks of ``Linear`` and torch's activations under ``ActorCriticPolicy``, DQN's
 ``QNetwork``, SAC's and TD3's ``Actor``) and returns a :class:`Lowered` that computes the actions
 with the very calls those modules' ``forward`` methods make, in the same order, on the live
 parameters (read from each module's ``_parameters`` on every call, so optimizer steps,
@@ -13,7 +13,8 @@ the same actions).
 
 It is used only where nothing can differ from SB3's own path: every module on the path is exactly
 torch's or SB3's class (not a subclass), the policy's methods on the path are SB3's own functions,
-and the observation space is a non-image ``Box`` (preprocessing is ``obs.float()``). Anything else
+and the observation space is a ``Box`` (preprocessing is ``obs.float()``, divided by 255 for
+images). Anything else
 is refused when the plan is built, with the reason. What may change later is checked on every call
 by :meth:`Lowered.live`, in two C-level passes: no forward hook or pre-hook (per module or global),
 no new attribute on a module or the policy (an instance-level method override), no sub-module
@@ -53,6 +54,7 @@ Actions = Callable[[Tensor, bool], Tensor]
 enabled: bool = os.environ.get("SB3_TENSORPATCH_LOWERING", "1").strip().lower() not in ("0", "false", "off", "no")
 
 _linear = torch._C._nn.linear  # what nn.Linear.forward calls (F.linear is this very function)
+_conv2d = F.conv2d  # what nn.Conv2d._conv_forward calls with zero padding
 _getitem = operator.getitem
 _is = operator.is_
 
@@ -163,40 +165,73 @@ class _Path:
         return linear
 
     def sequential(self, parent: nn.Module, name: str) -> list[Step]:
-        """The steps of ``parent.name``, an ``nn.Sequential`` of ``Linear`` and activations."""
+        """The steps of ``parent.name``, an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``
+        and activations."""
         sequential = self.child(parent, name, nn.Sequential)
         self.dicts.append(sequential._modules)  # an appended or deleted layer changes its size
         steps: list[Step] = []
         for key, module in sequential._modules.items():
-            if type(module) is nn.Linear:
+            kind = type(module)
+            if kind is nn.Linear:
                 steps.append(self.linear(sequential, key))
-            elif type(module) in _ACTIVATIONS:
-                self.child(sequential, key, type(module))
-                steps.append(_ACTIVATIONS[type(module)](vars(module)))
+            elif kind is nn.Conv2d:
+                steps.append(self.conv2d(sequential, key))
+            elif kind is nn.Flatten:
+                steps.append(self.flatten(sequential, key))
+            elif kind in _ACTIVATIONS:
+                self.child(sequential, key, kind)
+                steps.append(_ACTIVATIONS[kind](vars(module)))
             else:
-                raise Unlowerable(f"{type(module).__qualname__} in {type(parent).__qualname__}.{name} is not lowered")
+                raise Unlowerable(f"{kind.__qualname__} in {type(parent).__qualname__}.{name} is not lowered")
         return steps
+
+    def conv2d(self, parent: nn.Module, name: str) -> Step:
+        """``parent.name(x)`` for an ``nn.Conv2d`` with zero padding: ``F.conv2d`` with its live
+        parameters and its stride, padding, dilation and groups read as ``_conv_forward`` reads them."""
+        conv = self.child(parent, name, nn.Conv2d)
+        if self.attribute(conv, "padding_mode") != "zeros":  # other modes pad with F.pad first
+            raise Unlowerable(f"{type(parent).__qualname__}.{name} pads with {conv.padding_mode!r}")
+        params, attributes = conv._parameters, vars(conv)
+
+        def conv2d(x: Tensor) -> Tensor:
+            return _conv2d(
+                x, params["weight"], params["bias"], attributes["stride"], attributes["padding"], attributes["dilation"], attributes["groups"]
+            )
+
+        return conv2d
+
+    def flatten(self, parent: nn.Module, name: str) -> Step:
+        """``parent.name(x)`` for an ``nn.Flatten``: ``x.flatten(start_dim, end_dim)``."""
+        attributes = vars(self.child(parent, name, nn.Flatten))
+
+        def flatten(x: Tensor) -> Tensor:
+            return x.flatten(attributes["start_dim"], attributes["end_dim"])
+
+        return flatten
 
     def features(self, owner: Any, name: str) -> list[Step]:
         """``owner.extract_features(obs, owner.name)`` (SB3's ``BaseModel.extract_features``) as steps.
 
-        Only a non-image ``Box`` is lowered: ``preprocess_obs`` is then ``obs.float()`` whatever
-        ``normalize_images`` says. Only SB3's ``FlattenExtractor`` is lowered.
+        Only ``Box`` observations are lowered: ``preprocess_obs`` is ``obs.float() / 255.0`` for an
+        image space when ``normalize_images`` is set, ``obs.float()`` otherwise. Only SB3's
+        ``FlattenExtractor`` and ``NatureCNN`` are lowered.
         """
-        from stable_baselines3.common.torch_layers import FlattenExtractor
+        from stable_baselines3.common.torch_layers import FlattenExtractor, NatureCNN
 
         space = self.attribute(owner, "observation_space")  # preprocess_obs reads it on every call
         if not isinstance(space, sb3.spaces.Box):
             raise Unlowerable(f"{type(space).__name__} observations are not lowered")
-        if sb3.is_image_space(space):
-            raise Unlowerable("image observations are not lowered")
-        extractor = self.child(owner, name, FlattenExtractor)
-        flatten = vars(self.child(extractor, "flatten", nn.Flatten))
+        normalize = self.attribute(owner, "normalize_images") and sb3.is_image_space(space)
+        steps: list[Step] = [_unit_range if normalize else Tensor.float]
+        extractor = self.child(owner, name, FlattenExtractor, NatureCNN)
+        if type(extractor) is FlattenExtractor:
+            return [*steps, self.flatten(extractor, "flatten")]
+        return steps + self.sequential(extractor, "cnn") + self.sequential(extractor, "linear")
 
-        def flat(x: Tensor) -> Tensor:
-            return x.flatten(flatten["start_dim"], flatten["end_dim"])
 
-        return [Tensor.float, flat]
+def _unit_range(obs: Tensor) -> Tensor:
+    """``preprocess_obs`` for an image ``Box`` with ``normalize_images``."""
+    return obs.float() / 255.0
 
 
 def _activation(function: Callable[..., Tensor], *names: str) -> Callable[[dict[str, Any]], Step]:

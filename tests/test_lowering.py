@@ -22,6 +22,7 @@ from helpers import (
     action_space,
     algorithm_class,
     assert_same_bits,
+    build,
     observation_space,
     sample_observations,
     stack,
@@ -291,10 +292,39 @@ def _model_sde() -> Any:
         )
 
 
-@pytest.mark.parametrize("obs_kind", ["Discrete", "MultiBinary", "ImageFirst", "Dict"])
+IMAGE_CASES = [("PPO", "Box"), ("A2C", "Discrete"), ("SAC", "Box"), ("TD3", "Box"), ("DQN", "Discrete")]
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "stoch"])
+@pytest.mark.parametrize("obs_kind", ["ImageFirst", "ImageLast"])
+@pytest.mark.parametrize("algo,act_kind", IMAGE_CASES, ids=["-".join(case) for case in IMAGE_CASES])
+def test_images_lowered_parity(algo: str, act_kind: str, obs_kind: str, deterministic: bool, lowered_calls: list[int]) -> None:
+    # CnnPolicy: NatureCNN after obs.float() / 255.0 (channel-last input is transposed before _predict)
+    model = build(algo, obs_kind, act_kind)
+    if algo == "DQN":
+        model = copy.copy(model)  # the cached model is shared: the exploration rate is set on a copy
+        model.exploration_rate = 0.0
+    space = observation_space(obs_kind)
+    observations = [sample_observations(space, 1, 2)[0], stack(sample_observations(space, 3, 4))]
+    _assert_parity(model, observations, deterministic, seed=6)
+    assert plans.plan_for(model.policy).lowering.startswith("lowered")
+    assert len(lowered_calls) == 2 * 2
+
+
+def test_images_without_normalization_are_lowered(lowered_calls: list[int]) -> None:
+    env = SpaceEnv(observation_space("ImageFirst"), action_space("Box"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = algorithm_class("PPO")("CnnPolicy", env, device="cpu", seed=0, policy_kwargs={"normalize_images": False, "features_extractor_kwargs": {"features_dim": 8}})
+    observations = [stack(sample_observations(observation_space("ImageFirst"), 2, 4))]
+    _assert_parity(model, observations, True)
+    assert lowered_calls
+
+
+@pytest.mark.parametrize("obs_kind", ["Discrete", "MultiBinary", "Dict"])
 def test_other_observation_spaces_are_not_lowered(obs_kind: str, lowered_calls: list[int]) -> None:
     env = SpaceEnv(observation_space(obs_kind), action_space("Box"))
-    name = {"Dict": "MultiInputPolicy", "ImageFirst": "CnnPolicy"}.get(obs_kind, "MlpPolicy")
+    name = "MultiInputPolicy" if obs_kind == "Dict" else "MlpPolicy"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = algorithm_class("PPO")(name, env, device="cpu", seed=0, policy_kwargs={"net_arch": [8]})
