@@ -41,6 +41,7 @@ def run(out: TextIO = sys.stdout) -> int:
     import numpy as np
 
     import sb3_tensorpatch
+    from sb3_tensorpatch.plans import plan_for
     from sb3_tensorpatch.testing import assert_predict_parity
 
     status = sb3_tensorpatch.status()
@@ -57,6 +58,7 @@ def run(out: TextIO = sys.stdout) -> int:
     rng = np.random.default_rng(0)
     for name, build in _models():
         started = time.perf_counter()
+        model = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -73,5 +75,10 @@ def run(out: TextIO = sys.stdout) -> int:
             failures += 1
             verdict = f"FAILED\n{exc}"
         print(f"  {name:<32} {verdict}  ({time.perf_counter() - started:.1f} s)", file=out)
+        if model is not None:
+            # the path a tensor predict of this model takes: lowered, or not and why
+            lowering = plan_for(model.policy).lowering
+            path = lowering if lowering.startswith("lowered") else f"not lowered, {lowering}"
+            print(f"  {'':<32} path: {path}", file=out)
     print(f"\n{'FAIL' if failures else 'OK'}: {failures} failing model(s)", file=out)
     return 1 if failures else 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from . import host, sb3
+from . import host, lowering, sb3
 from .actions import ActionPlan
 from .notices import warn_once
 from .observations import ObservationPlan, check_reachable, copy_input, to_device
@@ -39,14 +39,16 @@ class PolicyPlan:
     A plan is rebuilt when the policy's spaces are replaced. It holds on to the policy's modules
     and first parameter, which ``load_state_dict``, ``set_parameters`` and ``.to(device)`` keep;
     a policy whose sub-networks are replaced by new modules after its first tensor predict needs
-    ``disable()`` and ``enable()`` (which drop every plan).
+    ``disable()`` and ``enable()`` (which drop every plan). The lowered ``_predict`` notices such a
+    replacement on its own path and hands the call to the policy's ``_predict`` (see
+    :meth:`.lowering.Lowered.live`), so actions stay SB3's either way.
 
     :param policy: an SB3 ``BasePolicy``
     """
 
     __slots__ = (
-        "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "modules", "obs",
-        "observation_space", "param", "random_host",
+        "__weakref__", "action_space", "actions", "copy_input", "flag", "flags", "host", "lowered", "lowering",
+        "modules", "obs", "observation_space", "param", "random_host",
     )
 
     def __init__(self, policy: BasePolicy) -> None:
@@ -81,6 +83,9 @@ class PolicyPlan:
         #: works on a copy, and code other than SB3's own (a custom features extractor, a hook) may
         #: work in place; SB3's own modules never do, so their common path stays copy-free
         self.copy_input = not _own_code(policy)
+        #: ``_predict`` as direct op calls where it is provably SB3's standard one (see
+        #: :mod:`.lowering`), else ``None``; ``lowering`` says which, or why not
+        self.lowered, self.lowering = lowering.lower(policy)
 
     def device(self) -> torch.device:
         """The policy's device, as SB3's ``BaseModel.device`` would return it."""

@@ -66,6 +66,17 @@ def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _set_grad(grad)
 
 
+def _lowered_finished(plan: PolicyPlan, actions: Callable[[Tensor, bool], Tensor], vectorized: bool, reshape: bool, obs: Tensor, deterministic: bool) -> Tensor:
+    """:func:`_finished` for a lowered ``_predict``, with autograd off (it builds no distribution, so
+    validation needs no switching off)."""
+    grad = _grad_enabled()
+    _set_grad(False)
+    try:
+        return plan.actions.finish(actions(obs, deterministic), vectorized, reshape)
+    finally:
+        _set_grad(grad)
+
+
 def policy_route(original: Route, *, reshape: bool = True) -> Route:
     """``BasePolicy.predict`` for tensors.
 
@@ -84,7 +95,11 @@ def policy_route(original: Route, *, reshape: bool = True) -> Route:
         if plan.host is not None:
             return host.round_trip(original, policy, plan.host, observation, state, episode_start, deterministic)  # type: ignore[no-any-return]
         obs, vectorized, device, target = plan.prepare(policy, observation)
-        actions = _quiet(_finished, plan, vectorized, reshape, policy._predict, obs, deterministic=deterministic)
+        lowered = plan.lowered
+        if lowered is not None and lowered.live():
+            actions = _lowered_finished(plan, lowered.actions, vectorized, reshape, obs, deterministic)
+        else:
+            actions = _quiet(_finished, plan, vectorized, reshape, policy._predict, obs, deterministic=deterministic)
         return _back(actions, device, target), state
 
     return predict

@@ -17,6 +17,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 
 
+def pytest_report_header() -> str:
+    """Say which path the tensor predicts take: ``SB3_TENSORPATCH_LOWERING=0`` runs every test
+    without the lowered fast path (the parity grid is run both ways)."""
+    from sb3_tensorpatch import lowering
+
+    return f"sb3-tensorpatch lowering: {'on' if lowering.enabled else 'off (SB3_TENSORPATCH_LOWERING)'}"
+
+
 @pytest.fixture(autouse=True)
 def _patch_off() -> Iterator[None]:
     """Every test starts and ends with the patch disabled (tests enable it themselves)."""
