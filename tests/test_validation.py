@@ -75,7 +75,9 @@ def _row() -> Any:
     return row
 
 
-def test_enable_only_arms_it(default: Any, ppo: Any, ppo_obs: np.ndarray) -> None:
+def test_enable_only_arms_it(default: Any, ppo: Any, ppo_obs: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sb3_tensorpatch import lowering
+
     assert _row().state == "selected"
     sb3_tensorpatch.enable()
     # the class attribute stays torch's own object, so a read costs what it costs unpatched
@@ -84,6 +86,13 @@ def test_enable_only_arms_it(default: Any, ppo: Any, ppo_obs: np.ndarray) -> Non
     assert validation.TARGET not in sb3_tensorpatch.status().patched
     ppo.predict(ppo_obs)  # NumPy: SB3's path, builds a distribution and leaves it armed
     assert Distribution.__dict__["_validate_args"] is default
+    # a lowered predict (SB3's standard policy) builds no distribution: still armed
+    assert lowering.enabled and takes_tensor_route(ppo, ppo_obs)
+    assert Distribution.__dict__["_validate_args"] is default and _row().state == "armed"
+    # a predict through the policy's own _predict builds one: installed
+    monkeypatch.setattr(lowering, "enabled", False)
+    sb3_tensorpatch.disable()
+    sb3_tensorpatch.enable()
     assert takes_tensor_route(ppo, ppo_obs)
     descriptor = Distribution.__dict__["_validate_args"]
     assert isinstance(descriptor, validation.ValidationDefault) and descriptor.default is default
@@ -131,8 +140,10 @@ def test_user_default_set_before_the_first_predict_is_kept(default: Any, ppo: An
     sb3_tensorpatch.enable()
     try:
         Distribution.set_default_validate_args(not default)
-        assert takes_tensor_route(ppo, ppo_obs)  # installs over the user's value, recording it
-        assert Distribution._validate_args is (not default)
+        validation.install()  # what the first predict through _predict does: over the user's value
+        assert isinstance(Distribution.__dict__["_validate_args"], validation.ValidationDefault)
+        assert Distribution._validate_args is (not default)  # recorded as the default
+        assert takes_tensor_route(ppo, ppo_obs)
         sb3_tensorpatch.disable()
         assert Distribution.__dict__["_validate_args"] is (not default)
     finally:
