@@ -18,7 +18,8 @@ import torch
 from helpers import GYMNASIUM
 from torch.utils._python_dispatch import TorchDispatchMode
 
-pytestmark = pytest.mark.skipif(not GYMNASIUM, reason="TensorVecEnv wraps gymnasium vector envs (SB3 >= 2.0)")
+if not GYMNASIUM:  # the module's classes and parameters come from gymnasium-based SB3: skip before they are read
+    pytest.skip("TensorVecEnv wraps gymnasium vector envs (SB3 >= 2.0)", allow_module_level=True)
 
 if GYMNASIUM:
     from gymnasium import spaces
