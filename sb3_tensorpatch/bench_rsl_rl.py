@@ -39,7 +39,6 @@ from tensordict import TensorDict
 from torch.distributions import Distribution
 
 from .bench_envs import TorchCartPole
-from .bench_train import MINIBATCHES, N_EPOCHS, N_STEPS, NET_ARCH
 
 
 class RslRlCartPole(VecEnv):  # type: ignore[misc]
@@ -82,17 +81,21 @@ class RslRlCartPole(VecEnv):  # type: ignore[misc]
         return self.observations, rewards, dones, {"time_outs": truncated & ~terminated}
 
 
-def train_config() -> dict[str, Any]:
-    """rsl_rl's runner configuration matching the bench's SB3 PPO (see the module's documentation)."""
-    network = {"hidden_dims": list(NET_ARCH), "activation": "tanh", "obs_normalization": False}
+def train_config(setup: dict[str, Any]) -> dict[str, Any]:
+    """rsl_rl's runner configuration matching the bench's SB3 PPO (see the module's documentation).
+
+    :param setup: the bench's training setup (``bench_train.SETUP``: ``n_steps``, ``n_epochs``,
+        ``minibatches``, ``net_arch``), passed in so that this module does not import the bench's
+    """
+    network = {"hidden_dims": list(setup["net_arch"]), "activation": "tanh", "obs_normalization": False}
     return {
-        "num_steps_per_env": N_STEPS,
+        "num_steps_per_env": setup["n_steps"],
         "save_interval": 1_000_000,
         "obs_groups": {"actor": ["policy"], "critic": ["policy"]},
         "algorithm": {
             "class_name": "PPO",
-            "num_learning_epochs": N_EPOCHS,
-            "num_mini_batches": MINIBATCHES,
+            "num_learning_epochs": setup["n_epochs"],
+            "num_mini_batches": setup["minibatches"],
             "learning_rate": 3e-4,
             "schedule": "fixed",
             "desired_kl": None,
@@ -114,7 +117,7 @@ def train_config() -> dict[str, Any]:
     }
 
 
-def build_runner(envs: int, device: str, seed: int = 0) -> OnPolicyRunner:
+def build_runner(envs: int, device: str, setup: dict[str, Any], seed: int = 0) -> OnPolicyRunner:
     """rsl_rl's ``OnPolicyRunner`` with :func:`train_config` on a fresh continuous ``TorchCartPole``.
 
     Note that building it switches ``torch.distributions`` validation off for the whole process (rsl_rl
@@ -123,10 +126,12 @@ def build_runner(envs: int, device: str, seed: int = 0) -> OnPolicyRunner:
     torch.manual_seed(seed)
     env = RslRlCartPole(TorchCartPole(envs, device, continuous=True), seed)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints both networks
-        return OnPolicyRunner(env, train_config(), log_dir=None, device=str(device))
+        return OnPolicyRunner(env, train_config(setup), log_dir=None, device=str(device))
 
 
-def time_learn(envs: int, iterations: int, device: str, sync: Callable[[], None]) -> tuple[float, float]:
+def time_learn(
+    envs: int, iterations: int, device: str, sync: Callable[[], None], setup: dict[str, Any]
+) -> tuple[float, float]:
     """One timed ``runner.learn(iterations)`` on a fresh runner (building it is not timed).
 
     :return: the seconds in ``learn()`` and the seconds of it spent collecting: the step loop as the runner
@@ -135,7 +140,7 @@ def time_learn(envs: int, iterations: int, device: str, sync: Callable[[], None]
     """
     validate = Distribution._validate_args
     try:
-        runner = build_runner(envs, device)
+        runner = build_runner(envs, device, setup)
         collect: list[float] = []
         log = runner.logger.log
         compute_returns = runner.alg.compute_returns

@@ -45,6 +45,8 @@ N_STEPS = 32
 N_EPOCHS = 10
 MINIBATCHES = 4
 NET_ARCH = (64, 64)
+#: the same, for the rsl_rl side (:mod:`.bench_rsl_rl` is handed it rather than importing this module)
+SETUP = {"n_steps": N_STEPS, "n_epochs": N_EPOCHS, "minibatches": MINIBATCHES, "net_arch": NET_ARCH}
 #: default and ``--quick`` sizes: (environments, iterations per learn(), rounds)
 DEFAULT_SIZES = (1024, 5, 5)
 QUICK_SIZES = (64, 2, 1)
@@ -203,7 +205,7 @@ def measure(
         if path == "rsl_rl":
             from . import bench_rsl_rl
 
-            return lambda count: bench_rsl_rl.time_learn(envs, count, device, sync)
+            return lambda count: bench_rsl_rl.time_learn(envs, count, device, sync, SETUP)
         return lambda count: time_sb3(envs, count, device, path == "device", sync)
 
     timers = {path: timer(path) for path in paths}
