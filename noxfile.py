@@ -44,6 +44,9 @@ TEST_FILES = (
     "tests/test_host_sync.py",
     "tests/test_route.py",
     "tests/test_versions.py",
+    # the collect_rollouts rows differ by release, and TensorVecEnv by gymnasium release
+    "tests/test_rollouts.py",
+    "tests/test_vec_env.py",
 )
 REFUSAL_TESTS = ("tests/test_versions.py",)
 
