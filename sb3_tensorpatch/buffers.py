@@ -173,12 +173,16 @@ class TensorRolloutBuffer(RolloutBuffer):  # type: ignore[misc]
         data = self.device_data
         assert data is not None
         if not self.generator_ready:
-            for name in ("observations", "actions", "values", "log_probs", "advantages", "returns"):
+            data["observations"] = self._flatten_observations(data["observations"])
+            for name in ("actions", "values", "log_probs", "advantages", "returns"):
                 data[name] = _swap_and_flatten(data[name])
             self.values = _host_copy(data["values"])
             self.returns = _host_copy(data["returns"])
             self.generator_ready = True
         return data
+
+    def _flatten_observations(self, observations: Any) -> Any:
+        return _swap_and_flatten(observations)
 
     def _samples(self, data: dict[str, Any], indices: Tensor) -> Any:
         return RolloutBufferSamples(
@@ -206,17 +210,8 @@ class TensorDictRolloutBuffer(TensorRolloutBuffer, DictRolloutBuffer):  # type: 
         for key, storage in data["observations"].items():
             storage[self.pos] = obs[key].reshape(self.n_envs, *self.obs_shape[key])
 
-    def _flattened(self) -> dict[str, Any]:
-        data = self.device_data
-        assert data is not None
-        if not self.generator_ready:
-            data["observations"] = {key: _swap_and_flatten(value) for key, value in data["observations"].items()}
-            for name in ("actions", "values", "log_probs", "advantages", "returns"):
-                data[name] = _swap_and_flatten(data[name])
-            self.values = _host_copy(data["values"])
-            self.returns = _host_copy(data["returns"])
-            self.generator_ready = True
-        return data
+    def _flatten_observations(self, observations: Any) -> Any:
+        return {key: _swap_and_flatten(value) for key, value in observations.items()}
 
     def _samples(self, data: dict[str, Any], indices: Tensor) -> Any:
         return DictRolloutBufferSamples(
