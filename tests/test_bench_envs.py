@@ -68,6 +68,8 @@ def test_float32_follows_gymnasium_cartpole_to_float32_rounding() -> None:
     wherever the state is not within that rounding of a threshold."""
     records = _one_step_each(torch.float32)
     for observations, expected_obs, terminated, expected_terminated in records:
+        # not a predict parity check: the env's own float32 dynamics against gymnasium's float64 ones
+        # (the float64 test above is the bit-exact one)
         np.testing.assert_allclose(observations, expected_obs, rtol=1e-5, atol=1e-6)
         margin = np.minimum(
             np.abs(np.abs(expected_obs[:, 0]) - TorchCartPole.x_threshold),
