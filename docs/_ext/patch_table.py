@@ -56,6 +56,29 @@ def _row(texts: tuple[str, ...], literal: tuple[bool, ...]) -> nodes.row:
     return row
 
 
+def _table(
+    headers: tuple[str, ...],
+    widths: tuple[int, ...],
+    rows: list[tuple[str, ...]],
+    literal: tuple[bool, ...],
+    classes: list[str] | None = None,
+) -> nodes.table:
+    """A table node: a header row, then one row per item of ``rows`` (``literal`` says which columns are code)."""
+    group = nodes.tgroup(cols=len(headers))
+    for width in widths:
+        group += nodes.colspec(colwidth=width)
+    head = nodes.thead()
+    head += _row(headers, (False,) * len(headers))
+    group += head
+    body = nodes.tbody()
+    for texts in rows:
+        body += _row(texts, literal)
+    group += body
+    result = nodes.table(classes=classes or [])
+    result += group
+    return result
+
+
 class PatchTable(SphinxDirective):
     """Render ``sb3_tensorpatch.table.ROWS``."""
 
@@ -63,19 +86,8 @@ class PatchTable(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         literal = (False, True, True, True, True, True)
-        group = nodes.tgroup(cols=len(HEADERS))
-        for width in (8, 10, 30, 10, 14, 18):
-            group += nodes.colspec(colwidth=width)
-        head = nodes.thead()
-        head += _row(HEADERS, (False,) * len(HEADERS))
-        group += head
-        body = nodes.tbody()
-        for row in table.ROWS:
-            body += _row(cells(row), literal)
-        group += body
-        result = nodes.table(classes=[CLASS])
-        result += group
-        return [result]
+        rows = [cells(row) for row in table.ROWS]
+        return [_table(HEADERS, (8, 10, 30, 10, 14, 18), rows, literal, classes=[CLASS])]
 
 
 class SupportedVersions(SphinxDirective):
@@ -101,23 +113,14 @@ class TestedReleases(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         headers = ("stable-baselines3", "sb3-contrib", "test environment", "expected")
-        group = nodes.tgroup(cols=len(headers))
-        for width in (10, 10, 30, 10):
-            group += nodes.colspec(colwidth=width)
-        head = nodes.thead()
-        head += _row(headers, (False,) * len(headers))
-        group += head
-        body = nodes.tbody()
+        rows = []
         for release in table.RELEASES:
             environment = ", ".join(release.pins)
             if release.pre:
                 environment += "; first " + ", then ".join(f"pip install {' '.join(step)}" for step in release.pre)
             expected = "patched" if release.supported else "refused"
-            body += _row((release.sb3, release.contrib, environment, expected), (True, True, True, False))
-        group += body
-        result = nodes.table()
-        result += group
-        return [result]
+            rows.append((release.sb3, release.contrib, environment, expected))
+        return [_table(headers, (10, 10, 30, 10), rows, (True, True, True, False))]
 
 
 class _TableReader(HTMLParser):
