@@ -170,6 +170,7 @@ class _Path:
         sequential = self.child(parent, name, nn.Sequential)
         self.dicts.append(sequential._modules)  # an appended or deleted layer changes its size
         steps: list[Step] = []
+        fresh = False  # whether the last step made a new tensor, which no one else holds
         for key, module in sequential._modules.items():
             kind = type(module)
             if kind is nn.Linear:
@@ -178,11 +179,17 @@ class _Path:
                 steps.append(self.conv2d(sequential, key))
             elif kind is nn.Flatten:
                 steps.append(self.flatten(sequential, key))
+            elif fresh and kind in _IN_PLACE:
+                # on the new output of a Linear or Conv2d: the same kernel writes the same values in
+                # place, and skips allocating a tensor the size of the layer's output
+                self.child(sequential, key, kind)
+                steps.append(_IN_PLACE[kind])
             elif kind in _ACTIVATIONS:
                 self.child(sequential, key, kind)
                 steps.append(_ACTIVATIONS[kind](vars(module)))
             else:
                 raise Unlowerable(f"{kind.__qualname__} in {type(parent).__qualname__}.{name} is not lowered")
+            fresh = kind is nn.Linear or kind is nn.Conv2d
         return steps
 
     def conv2d(self, parent: nn.Module, name: str) -> Step:
@@ -270,6 +277,12 @@ _ACTIVATIONS: dict[type, Callable[[dict[str, Any]], Step]] = {
 }
 
 
+#: the activations SB3 uses by default (``Tanh`` on-policy, ``ReLU`` off-policy and in ``NatureCNN``)
+#: and ``Sigmoid``, as their in-place twins: used on a tensor the lowered path has just made. ``ReLU``'s
+#: ``inplace`` flag chooses between these very two functions, which give the same values.
+_IN_PLACE: dict[type, Step] = {nn.Tanh: torch.tanh_, nn.ReLU: torch.relu_, nn.Sigmoid: torch.sigmoid_}
+
+
 def _run(steps: list[Step]) -> Step:
     """One step for a chain of steps."""
     chain = tuple(steps)
@@ -286,12 +299,15 @@ def _gaussian_sample(mean: Tensor, log_std: Tensor) -> Tensor:
     """One draw of SB3's ``DiagGaussianDistribution`` (``proba_distribution`` then ``sample``).
 
     SB3 builds ``scale = ones_like(mean) * log_std.exp()`` and ``Normal(mean, scale)``, whose
-    ``rsample`` broadcasts the two (``scale`` has the broadcast shape already), draws
-    ``torch.empty(shape).normal_()`` and returns ``loc + eps * scale``.
+    ``rsample`` draws ``eps = torch.empty(shape, dtype=loc.dtype).normal_()`` in the batch shape (the
+    mean's: ``log_std`` is a row, or the mean's own shape for SAC) and returns ``loc + eps * scale``.
+    Two ops fewer, the same numbers: ``1.0 * x`` is ``x`` exactly, so ``eps * log_std.exp()``
+    (broadcast) equals ``eps * scale`` element by element, in the same dtype; and a contiguous
+    ``empty_like`` of the mean is the tensor ``torch.empty(shape, ...)`` makes, so ``normal_`` fills
+    it with the same draws in the same order.
     """
-    scale = torch.ones_like(mean) * log_std.exp()
-    eps = torch.empty(scale.shape, dtype=mean.dtype, device=mean.device).normal_()
-    return mean + eps * scale
+    eps = torch.empty_like(mean, memory_format=torch.contiguous_format).normal_()
+    return mean + eps * log_std.exp()
 
 
 def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:

@@ -514,3 +514,32 @@ def test_an_override_off_the_predict_path_keeps_the_lowered_path(lowered_calls: 
     _assert_parity(model, _observations(), True)
     _assert_parity(model, _observations(), False)
     assert len(lowered_calls) == 2 * 2 * 3
+
+
+# -- in-place activations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(lowering._IN_PLACE, key=lambda kind: kind.__name__), ids=lambda kind: kind.__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_in_place_activation_writes_the_modules_values(kind: type, dtype: torch.dtype) -> None:
+    # rows of special values and random ones, long enough for the vectorised loop and its tail
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-30, 20.0, -20.0, 1e30, -1e30, float("inf"), float("-inf"), float("nan")], dtype=dtype)
+    for values in (special, torch.randn(3, 67, dtype=dtype) * 5, special.reshape(3, 4)):
+        want = kind()(values.clone())
+        got = lowering._IN_PLACE[kind](values.clone())
+        assert_same_bits(got, want)
+
+
+def test_activation_first_in_a_sequential_leaves_the_observation_alone(lowered_calls: list[int]) -> None:
+    # the input of a leading activation is the caller's observation (FlattenExtractor's output is a
+    # view of it): it must run out of place
+    model = _model("PPO", "Box", {"net_arch": [8]})
+    linear = model.policy.mlp_extractor.policy_net[0]
+    model.policy.mlp_extractor.policy_net = nn.Sequential(nn.Tanh(), linear, nn.Tanh())
+    obs = torch.as_tensor(stack(sample_observations(observation_space("Box"), 3, 4)))
+    kept = obs.clone()
+    _assert_parity(model, [obs.numpy()], deterministic=True)
+    with sb3_tensorpatch.patched():
+        model.predict(obs, deterministic=True)
+    assert lowered_calls
+    assert_same_bits(obs, kept)
