@@ -20,6 +20,7 @@ in each venv (1.x for old releases, 2.x for new ones).
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -63,6 +64,17 @@ sys.exit(0 if found[0].startswith(torch_dir) and found[1:] == (sb3, contrib) els
 
 nox.options.sessions = ["matrix"]
 
+#: ``.ci/run`` sets it to the versions its README test run had (``name==version`` pairs, space-separated):
+#: a release whose SB3, sb3-contrib and pins are all among them was tested there with every test file.
+COVERED = "SB3_TENSORPATCH_COVERED"
+
+
+def _covered(release: Release) -> bool:
+    """Whether the README test run of ``.ci/run`` covered ``release`` already (the same versions)."""
+    covered = set(os.environ.get(COVERED, "").split())
+    wanted = {f"stable-baselines3=={release.sb3}", f"sb3-contrib=={release.contrib}", *release.pins}
+    return bool(covered) and release.supported and not release.pre and wanted <= covered
+
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
@@ -104,6 +116,8 @@ def _site_packages(session: nox.Session) -> Path:
 )
 def matrix(session: nox.Session, release: Release) -> None:
     """Install one SB3 release with its sb3-contrib and pins, then run the parity tests there."""
+    if not session.posargs and _covered(release):
+        session.skip(f"the README test run covered these versions ({COVERED}): every test file, not only the matrix's")
     if sys.version_info[:2] != TORCH_PYTHON:
         session.error(f"run nox with Python {TORCH_PYTHON[0]}.{TORCH_PYTHON[1]}: the shared {TORCH} is built for it")
     # an outer PYTHONPATH could put another checkout's sb3_tensorpatch first
