@@ -304,9 +304,12 @@ def _gaussian_sample(mean: Tensor, log_std: Tensor) -> Tensor:
     Two ops fewer, the same numbers: ``1.0 * x`` is ``x`` exactly, so ``eps * log_std.exp()``
     (broadcast) equals ``eps * scale`` element by element, in the same dtype; and a contiguous
     ``empty_like`` of the mean is the tensor ``torch.empty(shape, ...)`` makes, so ``normal_`` fills
-    it with the same draws in the same order.
+    it with the same draws in the same order. Where no dtype is promoted, the product and the sum are
+    made in place on ``eps`` (``eps * std + mean`` is ``mean + eps * std``: both are commutative).
     """
     eps = torch.empty_like(mean, memory_format=torch.contiguous_format).normal_()
+    if log_std.dtype is mean.dtype:
+        return eps.mul_(log_std.exp()).add_(mean)
     return mean + eps * log_std.exp()
 
 

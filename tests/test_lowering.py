@@ -543,3 +543,23 @@ def test_activation_first_in_a_sequential_leaves_the_observation_alone(lowered_c
         model.predict(obs, deterministic=True)
     assert lowered_calls
     assert_same_bits(obs, kept)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.float32, torch.float64)], ids=["f32", "f64", "mixed"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 130)], ids=str)
+@pytest.mark.parametrize("per_row", [False, True], ids=["log_std-row", "log_std-per-sample"])
+def test_gaussian_sample_is_sb3_sample(dtypes: tuple[torch.dtype, torch.dtype], shape: tuple[int, int], per_row: bool) -> None:
+    # the restated draw against SB3's distribution object itself: the same seed, the same bits, also
+    # where a float64 log_std promotes (out of place) and where SAC gives one log_std per sample
+    from stable_baselines3.common.distributions import DiagGaussianDistribution
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    mean = torch.randn(shape, generator=generator, dtype=dtypes[0])
+    log_std = torch.randn(shape if per_row else shape[1:], generator=generator, dtype=dtypes[1])
+    distribution = DiagGaussianDistribution(shape[1]).proba_distribution(mean, log_std)
+    torch.manual_seed(5)
+    want = distribution.sample()
+    torch.manual_seed(5)
+    got = lowering._gaussian_sample(mean, log_std)
+    assert_same_bits(got, want)
+    assert not torch.equal(got, lowering._gaussian_sample(mean, log_std))  # another draw: the seed matters
