@@ -202,7 +202,7 @@ class Patcher:
                 record.wrapper = make_wrapper(target.function, route, target.row.params[0], record)
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
-            # rebound by the first route call that builds a distribution
+            # installed by the first route call that builds a distribution
             validation.arm(frozenset(row.package for row in selection.rows))
         except BaseException:
             self._records = records
@@ -249,7 +249,7 @@ class Patcher:
             why = ""
             if name.package not in selected:
                 row_state = "skipped"
-                why = next((why for row, why in selection.skipped if row.package == name.package), "no row selected")
+                why = next((reason for row, reason in selection.skipped if row.package == name.package), "no row selected")
             elif state == "armed":
                 row_state, why = "armed", "installed by the first tensor predict that builds a distribution"
             elif state == "patched" and name.target not in changed:
