@@ -202,7 +202,8 @@ class Patcher:
                 record.wrapper = make_wrapper(target.function, route, target.row.params[0], record)
                 setattr(target.owner, name, record.wrapper)
                 records.append(record)
-            validation.arm()  # installed by the first route call that builds a distribution
+            # installed by the first route call that builds a distribution
+            validation.arm(frozenset(row.package for row in selection.rows))
         except BaseException:
             self._records = records
             self._undo()
@@ -237,16 +238,26 @@ class Patcher:
 
     # -- reporting ---------------------------------------------------------------------------
     @staticmethod
-    def _validation_status() -> RowStatus:
-        """The ``Distribution._validate_args`` patch, listed as one more row (see :mod:`.validation`)."""
+    def _validation_status(selection: Selection) -> list[RowStatus]:
+        """The names SB3 builds its distributions by, one row each (see :mod:`.validation`)."""
         from . import validation
 
-        state = validation.state()
-        if state == "armed":
-            return RowStatus(
-                validation.TARGET, "torch", "any", "validation", "armed", "installed by the first tensor predict that builds a distribution"
-            )
-        return RowStatus(validation.TARGET, "torch", "any", "validation", "patched" if state == "patched" else "selected", "")
+        state, changed = validation.state(), validation.changed()
+        selected = {row.package for row in selection.rows}
+        rows = []
+        for name in validation.NAMES:
+            why = ""
+            if name.package not in selected:
+                row_state = "skipped"
+                why = next((reason for row, reason in selection.skipped if row.package == name.package), "no row selected")
+            elif state == "armed":
+                row_state, why = "armed", "installed by the first tensor predict that builds a distribution"
+            elif state == "patched" and name.target not in changed:
+                row_state, why = "skipped", "no torch distribution class there to quieten"
+            else:
+                row_state = "patched" if state == "patched" else "selected"
+            rows.append(RowStatus(name.target, name.package, "any", "validation", row_state, why))
+        return rows
 
     def status(self, fresh: bool = True) -> Status:
         """Report versions, rows and patched targets.
@@ -272,7 +283,7 @@ class Patcher:
             order = {row: index for index, row in enumerate(self._rows)}
             lookup = {(row.target, row.versions): row for row in self._rows}
             rows.sort(key=lambda item: order[lookup[(item.target, item.versions)]])
-            rows.append(self._validation_status())
+            rows += self._validation_status(selection)
             return Status(
                 enabled=self.is_enabled(),
                 versions=selection.versions,

@@ -3,7 +3,7 @@
 Each route factory takes SB3's original method and the table row's options (keyword-only) and
 returns a function with the patched method's own parameters (``self`` first). The patcher calls it only for tensor input; everything else goes to
 SB3's original method. A route validates its input first, then calls the policy's ``_predict``
-with autograd off and distribution argument validation off for this thread, then post-processes
+with autograd off and argument validation off for SB3's distributions in this thread, then post-processes
 on the device. It never reads a value back to the host.
 """
 
@@ -52,7 +52,7 @@ def _back(actions: Tensor, device: torch.device, target: torch.device) -> Tensor
 
 
 def _quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``call`` with autograd off and distribution validation off for this thread."""
+    """Run ``call`` with autograd off and validation off for the distributions SB3 builds in this thread."""
     if not _validation_slot.installed:
         _install_validation()  # once per enable(): see validation.py
     grad = _grad_enabled()

@@ -14,8 +14,8 @@ class RowStatus:
     :param versions: the row's version range
     :param route: the tensor route that serves it
     :param state: ``"patched"`` (installed now), ``"selected"`` (would be patched by ``enable()``),
-        ``"armed"`` (enabled, installed on first need: the ``Distribution._validate_args`` row) or
-        ``"skipped"`` (does not apply)
+        ``"armed"`` (enabled, installed on first need: the names rebound for distribution validation,
+        see :mod:`.validation`) or ``"skipped"`` (does not apply)
     :param reason: why a skipped row does not apply
     """
 

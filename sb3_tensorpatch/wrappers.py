@@ -31,7 +31,7 @@ MISSING = _state.keep("patcher._MISSING", object)
 class Record:
     """One installed patch: where it went, what it replaced, and whether it still routes.
 
-    :param row: the table row it comes from (``None`` for the validation descriptor)
+    :param row: the table row it comes from
     :param owner: the class whose ``__dict__`` holds it
     :param name: the attribute
     :param original: the ``__dict__`` entry it replaced, or :data:`MISSING`

@@ -1,19 +1,26 @@
-"""What reading ``Distribution._validate_args`` costs everyone while the patch is enabled.
+"""What distribution validation costs while the patch is enabled, and who pays it.
 
-``enable()`` arms sb3-tensorpatch's per-thread descriptor (``sb3_tensorpatch/validation.py``) and
-the first tensor predict that builds a distribution installs it as ``Distribution._validate_args``,
-which every distribution built anywhere in the process reads (training included). This prints the
-median nanoseconds per read of ``Distribution._validate_args`` and per ``Normal(loc, scale)``
-construction in five situations:
+``enable()`` arms sb3-tensorpatch's quiet distribution classes (``sb3_tensorpatch/validation.py``)
+and the first tensor predict that builds a distribution rebinds SB3's names ``Normal`` /
+``Categorical`` / ``Bernoulli`` (and quietens contrib's ``MaskableCategorical``). torch's own
+``Distribution._validate_args`` is never changed. This prints the median nanoseconds of:
 
-- ``unpatched``: the patch disabled (torch's own class attribute);
-- ``armed``: the patch enabled, no tensor predict has needed the descriptor yet (torch's own class
-  attribute still: this column should match ``unpatched``);
-- ``patched, other thread``: the descriptor installed, read in a thread that never used the tensor
-  route (a fresh thread, as every thread but the one calling ``predict(tensor)`` is);
-- ``patched, this thread``: the patch enabled, read in a thread that used the route before (its
-  per-thread switch is set back to "on");
-- ``patched, in the route``: inside the route's own switch (validation off for this thread).
+- ``read Distribution._validate_args``: what every distribution built anywhere in the process
+  reads (must equal ``unpatched`` in every column);
+- ``torch Normal(loc, scale)``: a plain ``torch.distributions.Normal``, as user code and every
+  library but SB3 build it (must equal ``unpatched`` in every column);
+- ``SB3 Normal(loc, scale)``: SB3's ``Normal`` through its module name
+  (``stable_baselines3.common.distributions.Normal``), as SB3's ``DiagGaussianDistribution`` builds
+  it: the quiet class once installed, which reads the per-thread switch.
+
+in five situations:
+
+- ``unpatched``: the patch disabled;
+- ``armed``: the patch enabled, no tensor predict has needed the quiet classes yet;
+- ``patched, other thread``: installed, in a thread that never used the tensor route;
+- ``patched, this thread``: installed, in a thread that used the route before (its switch is back on);
+- ``patched, in the route``: inside the route's own switch (validation off for this thread: the SB3
+  construction skips its checks, so it is cheaper than unpatched).
 
 Each round times every situation once, in turn (interleaved); the table shows the median over the
 rounds. Run from the repository root::
@@ -30,6 +37,7 @@ import time
 from typing import Any, Callable
 
 import torch
+from stable_baselines3.common import distributions as sb3_distributions
 from torch.distributions import Distribution, Normal
 
 import sb3_tensorpatch
@@ -46,11 +54,20 @@ def _reads(count: int) -> float:
     return (time.perf_counter_ns() - start) / count
 
 
-def _builds(count: int) -> float:
+def _torch_builds(count: int) -> float:
     loc, scale = torch.zeros(4), torch.ones(4)
     start = time.perf_counter_ns()
     for _ in range(count):
-        Normal(loc, scale, validate_args=None)
+        Normal(loc, scale)
+    return (time.perf_counter_ns() - start) / count
+
+
+def _sb3_builds(count: int) -> float:
+    loc, scale = torch.zeros(4), torch.ones(4)
+    module = sb3_distributions  # the name is looked up at each call, as SB3's own code does
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        module.Normal(loc, scale)
     return (time.perf_counter_ns() - start) / count
 
 
@@ -65,7 +82,7 @@ def _in_fresh_thread(measure: Callable[[int], float], count: int) -> float:
 
 def _in_route(measure: Callable[[int], float], count: int) -> float:
     # exactly what the tensor routes do around policy._predict (sb3_tensorpatch/routes.py)
-    previous = getattr(validation._local, "off", False)
+    previous = validation._local.off
     validation._local.off = True
     try:
         return measure(count)
@@ -86,7 +103,7 @@ def _situation(name: str, measure: Callable[[int], float], count: int) -> float:
     if name == "patched, other thread":
         return _in_fresh_thread(measure, count)
     if name == "patched, this thread":
-        _in_route(measure, 1)  # this thread has used the route: its switch exists and is off
+        _in_route(measure, 1)  # this thread has used the route: its switch exists and is on again
         return measure(count)
     return _in_route(measure, count)
 
@@ -100,7 +117,8 @@ def main() -> None:
     torch.set_num_threads(1)
     measures: dict[str, tuple[Callable[[int], float], int]] = {
         "read Distribution._validate_args": (_reads, args.reads),
-        "Normal(loc, scale)": (_builds, args.builds),
+        "torch Normal(loc, scale)": (_torch_builds, args.builds),
+        "SB3 Normal(loc, scale)": (_sb3_builds, args.builds),
     }
     samples: dict[tuple[str, str], list[float]] = {(m, s): [] for m in measures for s in SITUATIONS}
     for index in range(args.rounds):

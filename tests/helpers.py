@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - matrix without contrib
 #: what a class's ``__dict__`` holds for an attribute it does not define (``None`` could be a value)
 MISSING = object()
 BASE_PREDICT = "stable_baselines3.common.policies:BasePolicy.predict"
+#: torch's default, which the patch never changes (snapshots hold it, so that undo checks prove it)
 VALIDATE = "torch.distributions:Distribution._validate_args"
 
 
@@ -258,18 +259,33 @@ def _resolve_owner(module: str, owner: str) -> Any:
 @functools.lru_cache(maxsize=None)
 def patch_targets() -> dict[str, tuple[Any, str]]:
     """Every ``(class, attribute)`` the selection for the installed versions patches, by target name,
-    plus ``Distribution._validate_args`` (under :data:`VALIDATE`).
+    plus the names quietened for distribution validation (``validation.NAMES``: a module and a name,
+    or a class and ``_validate_args``) and ``Distribution._validate_args`` (under :data:`VALIDATE`).
 
     Cached on first use (with the real installed versions), so that tests which pretend other
     versions still check the real targets.
     """
     from torch.distributions import Distribution
 
+    from sb3_tensorpatch import validation
     from sb3_tensorpatch.table import select_rows
 
-    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in select_rows().rows}
+    selection = select_rows()
+    found = {row.target: (_resolve_owner(row.module, row.owner), row.attribute) for row in selection.rows}
+    packages = {row.package for row in selection.rows}
+    for name in validation.NAMES:
+        if name.package in packages:
+            module = importlib.import_module(name.module)
+            found[name.target] = (getattr(module, name.name), "_validate_args") if name.own else (module, name.name)
     found[VALIDATE] = (Distribution, "_validate_args")
     return found
+
+
+def quiet_targets() -> set[str]:
+    """The targets of :func:`patch_targets` that distribution validation changes (no wrappers there)."""
+    from sb3_tensorpatch import validation
+
+    return {name.target for name in validation.NAMES} & set(patch_targets())
 
 
 def snapshot() -> dict[str, Any]:
@@ -284,17 +300,27 @@ def assert_originals(originals: dict[str, Any]) -> None:
 
 
 def assert_patched(originals: dict[str, Any]) -> None:
-    """Every target holds our wrapper directly around the original (validation: our descriptor once installed)."""
+    """Every target holds our wrapper directly around the original; torch's ``Distribution`` is never
+    changed; SB3's distribution names are quiet once a route needed them, their originals until then."""
     from sb3_tensorpatch import validation, wrappers
 
+    quiet = quiet_targets()
     for target, (owner, name) in patch_targets().items():
         entry = owner.__dict__.get(name, MISSING)
         if target == VALIDATE:
+            assert entry is originals[target], f"{target} changed"
+            continue
+        if target in quiet:
             # armed by enable(), installed by the first tensor predict that builds a distribution
             if validation.state() == "armed":
                 assert entry is originals[target], f"{target} changed before a route needed it"
             else:
-                assert validation.state() == "patched" and isinstance(entry, validation.ValidationDefault)
+                assert validation.state() == "patched", target
+                if name == "_validate_args":  # a class quietened in place: the descriptor itself
+                    assert isinstance(entry, validation.QuietDefault), target
+                else:  # a name rebound: the quiet subclass of what it held
+                    assert entry.__bases__ == (originals[target],), target
+                    assert isinstance(entry.__dict__["_validate_args"], validation.QuietDefault), target
             continue
         assert entry is not originals[target], f"{target} is not patched"
         assert wrappers.is_wrapper(entry), f"{target}: {type(entry)}"

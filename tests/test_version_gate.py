@@ -40,8 +40,10 @@ def test_status_reports_versions_and_patched_targets() -> None:
 
     from sb3_tensorpatch import validation
 
-    # the table's rows, and the Distribution._validate_args patch listed as one more
-    expected_targets = {row.target for row in select_rows().rows} | {validation.TARGET}
+    # the table's rows, and one more per name quietened for distribution validation
+    quiet = {name.target for name in validation.NAMES}
+    assert len(quiet) == 4
+    expected_targets = {row.target for row in select_rows().rows} | quiet
     disabled = sb3_tensorpatch.status()
     text = str(disabled)
     assert text.splitlines()[0] == "sb3-tensorpatch: disabled"
@@ -51,13 +53,18 @@ def test_status_reports_versions_and_patched_targets() -> None:
     assert disabled.patched == ()
     assert disabled.supported
     assert {row.target for row in disabled.rows if row.state == "selected"} == expected_targets
+    assert [row.target for row in disabled.rows[-4:]] == [name.target for name in validation.NAMES]
 
     enabled = sb3_tensorpatch.enable()
     assert enabled.enabled is True
-    assert set(enabled.patched) == expected_targets - {validation.TARGET}  # armed, installed on first need
-    assert len(enabled.patched) == len(expected_targets) - 1
-    assert [row.state for row in enabled.rows if row.target == validation.TARGET] == ["armed"]
-    assert f"[   armed] {validation.TARGET}" in str(enabled)
+    assert set(enabled.patched) == expected_targets - quiet  # armed, installed on first need
+    assert {row.target for row in enabled.rows if row.state == "armed"} == quiet
+    for target in quiet:
+        assert f"[   armed] {target}" in str(enabled)
+    assert {(row.package, row.versions, row.route) for row in enabled.rows if row.target in quiet} == {
+        (table.SB3, "any", "validation"),
+        (table.CONTRIB, "any", "validation"),
+    }
     validation.install()
     assert set(sb3_tensorpatch.status().patched) == expected_targets
     text = str(sb3_tensorpatch.status())

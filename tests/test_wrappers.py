@@ -22,6 +22,7 @@ from helpers import (
     VALIDATE,
     assert_originals,
     patch_targets,
+    quiet_targets,
     takes_tensor_route,
 )
 from stable_baselines3 import DQN
@@ -214,7 +215,7 @@ def test_wrappers_look_like_the_originals(originals: dict[str, Any]) -> None:
 
     sb3_tensorpatch.enable()
     for target, (owner, name) in patch_targets().items():
-        if target == VALIDATE:
+        if target == VALIDATE or target in quiet_targets():  # no wrapper there
             continue
         entry = owner.__dict__[name]
         original = originals[target]
@@ -241,7 +242,7 @@ def test_wrappers_take_exactly_the_originals_parameters(originals: dict[str, Any
     expected = [message(call) for call in bad_calls]
     sb3_tensorpatch.enable()
     for target, (owner, name) in patch_targets().items():
-        if target != VALIDATE:
+        if target != VALIDATE and target not in quiet_targets():
             # the wrapper's own parameters (not only the ones inspect finds through __wrapped__)
             own = inspect.signature(owner.__dict__[name], follow_wrapped=False)
             assert own == inspect.signature(originals[target]), target
