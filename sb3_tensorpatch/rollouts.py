@@ -36,7 +36,7 @@ policy with ``squash_output`` or its own ``obs_to_tensor``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from .buffers import TensorRolloutBuffer, device_buffer
 from .host import TORCH_DTYPES
+from .plans import forward_for
 from .sb3 import spaces
 from .validation import no_validation
 from .vec_env import TensorObs, TensorVecEnv, host_copy
@@ -237,6 +238,9 @@ def collect_rollouts_route(
         rollout_buffer.start(store_obs_float32)
         callback.on_rollout_start()
 
+        # SB3's forward as direct op calls where the policy is SB3's standard one, checked on every step
+        policy = self.policy
+        lowered = forward_for(policy)[0]
         device = self.device
         env_device = env.device
         action_dtype = TORCH_DTYPES[np.dtype(self.action_space.dtype)]
@@ -263,9 +267,14 @@ def collect_rollouts_route(
             rollout_buffer.last_obs, rollout_buffer.last_starts = last_obs, last_starts
 
         while n_steps < n_rollout_steps:
-            with torch.no_grad(), no_validation():
-                obs_tensor = last_obs
-                actions, values, log_probs = self.policy(obs_tensor)
+            obs_tensor = last_obs
+            if lowered is not None and self.policy is policy and lowered.live():
+                with torch.no_grad():  # it builds no distribution: nothing to validate
+                    # lowered only for Box observations: a tensor
+                    actions, values, log_probs = lowered.run(cast(Tensor, obs_tensor), False)
+            else:
+                with torch.no_grad(), no_validation():
+                    actions, values, log_probs = self.policy(obs_tensor)
 
             # Rescale and perform action
             clipped_actions = actions if bounds is None else bounds.clip(actions)
