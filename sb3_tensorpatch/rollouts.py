@@ -175,17 +175,21 @@ class _Episodes:
 
     def to_info_buffer(self, model: Any, env: TensorVecEnv, host: np.ndarray) -> None:
         """What SB3's ``_update_info_buffer`` adds for these steps: ``Monitor``'s ``{"r", "l", "t"}`` of each
-        finished episode, step by step, in environment order."""
-        episodes = []
-        for step, index in zip(*np.nonzero(host[0])):
-            episodes.append(
-                {
-                    "r": round(float(host[1, step, index]), 6),
-                    "l": int(host[2, step, index]),
-                    "t": round(self.times[step] - env._t_start, 6),
-                }
-            )
-        model.ep_info_buffer.extend(episodes)
+        finished episode, step by step, in environment order.
+
+        ``ep_info_buffer`` is a deque of ``stats_window_size`` entries: of the many episodes a rollout of
+        many environments finishes, only the last that many would stay, so only those are built.
+        """
+        steps, envs = np.nonzero(host[0])
+        keep = getattr(model.ep_info_buffer, "maxlen", None)
+        if keep is not None and len(steps) > keep:
+            steps, envs = steps[len(steps) - keep :], envs[len(envs) - keep :]
+        start = env._t_start
+        model.ep_info_buffer.extend(
+            # Monitor's round(ep_rew, 6) of a Python float, its length as an int, its round(time - start, 6)
+            {"r": round(episode_return, 6), "l": int(length), "t": round(self.times[step] - start, 6)}
+            for episode_return, length, step in zip(host[1, steps, envs].tolist(), host[2, steps, envs].tolist(), steps.tolist())
+        )
 
     def bootstrap(self, model: Any, buffer: TensorRolloutBuffer, host: np.ndarray) -> None:
         """SB3's timeout bootstrap, ``reward += gamma * V(terminal_obs)``, each value from a batch of one."""

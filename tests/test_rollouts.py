@@ -225,6 +225,13 @@ def test_gae_lambda_and_gamma_and_advantage_normalisation_options() -> None:
     parity("A2C", make_env, gamma=0.97, gae_lambda=0.9, normalize_advantage=True)
 
 
+def test_stats_window_smaller_than_a_rollouts_episodes() -> None:
+    # only the last stats_window_size episodes stay in ep_info_buffer (the route builds only those)
+    parity("A2C", make_env, stats_window_size=3)
+    model = train("A2C", make_env(), patch=True, stats_window_size=3)
+    assert len(model.ep_info_buffer) == 3
+
+
 def test_equals_dummy_vec_env_of_single_envs() -> None:
     # the route against SB3's own reference VecEnv on the same dynamics (DummyVecEnv of Monitor envs)
     from stable_baselines3.common.monitor import Monitor
