@@ -25,6 +25,14 @@ replaced, added or removed, and the plain attributes SB3's path reads (``action_
 The lowered path does not leave a distribution object on ``policy.action_dist`` (SB3's ``_predict``
 does, as a by-product; nothing in SB3 reads it after ``predict``).
 
+:func:`lower_forward` lowers ``ActorCriticPolicy.forward`` the same way, for the on-device
+``collect_rollouts`` (:mod:`sb3_tensorpatch.rollouts`), which calls ``policy(obs)`` on every step: the
+actions, values and log-probabilities, with torch's ``Normal`` / ``Categorical`` / ``Bernoulli``
+``log_prob`` restated op for op. The distribution restatements (:func:`_distribution`) and the
+module-tree walk (:class:`_Path`) are shared with the lowered ``_predict``. A torch that computed its
+distributions differently would be caught once, when the lowered forward is built: it is compared with
+``policy(obs)`` on a probe batch, bit for bit, and refused if anything differs.
+
 Set ``SB3_TENSORPATCH_LOWERING=0`` in the environment, or :data:`enabled` to ``False`` (then
 ``disable()`` and ``enable()``, or :func:`sb3_tensorpatch.plans.clear`), to build no lowered plans.
 """

@@ -21,6 +21,11 @@ Exactness, detail by detail:
 - GAE restates SB3's NumPy loop with the same float32 (and, before SB3 2.4.0, float64) operations in the same
   order; the minibatch permutation comes from NumPy's global generator, as SB3's ``get`` draws it.
 
+The policy's ``forward`` is the lowered one (:func:`~sb3_tensorpatch.lowering.lower_forward`: the same ops
+without the module calls and distribution objects) where the policy is SB3's standard one, checked on every
+step with ``Lowered.live()``; SB3's ``forward`` otherwise, and from the step after any change (a hook, a
+replaced module) on.
+
 Callbacks get ``on_step()`` every step and ``update_locals(locals())`` as in SB3, but the locals hold
 tensors: ``new_obs``, ``rewards``, ``dones``, ``actions``, ``clipped_actions``, ``values`` and ``log_probs``
 are tensors on the device, ``infos`` is the env's own info dict (not a list of per-env dicts) and ``step``

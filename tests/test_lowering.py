@@ -705,3 +705,16 @@ def test_the_switch_turns_the_lowered_forward_off(monkeypatch: pytest.MonkeyPatc
     assert plans.forward_for(model.policy)[0] is not None  # cached until the plans are dropped
     plans.clear()
     assert plans.forward_for(model.policy) == (None, "lowering is turned off")
+
+
+def test_lowered_forwards_do_not_keep_policies_alive() -> None:
+    import gc
+    import weakref
+
+    model = _forward_model("PPO", "MultiBinary")
+    assert plans.forward_for(model.policy)[0] is not None
+    ref, key = weakref.ref(model.policy), id(model.policy)
+    del model
+    gc.collect()
+    assert ref() is None
+    assert key not in plans._forwards._entries
