@@ -25,19 +25,29 @@ replaced, added or removed, and the plain attributes SB3's path reads (``action_
 The lowered path does not leave a distribution object on ``policy.action_dist`` (SB3's ``_predict``
 does, as a by-product; nothing in SB3 reads it after ``predict``).
 
+:func:`lower_forward` lowers ``ActorCriticPolicy.forward`` the same way, for the on-device
+``collect_rollouts`` (:mod:`sb3_tensorpatch.rollouts`), which calls ``policy(obs)`` on every step: the
+actions, values and log-probabilities, with torch's ``Normal`` / ``Categorical`` / ``Bernoulli``
+``log_prob`` restated op for op. The distribution restatements (:func:`_distribution`) and the
+module-tree walk (:class:`_Path`) are shared with the lowered ``_predict``. A torch that computed its
+distributions differently would be caught once, when the lowered forward is built: it is compared with
+``policy(obs)`` on a probe batch, bit for bit, and refused if anything differs.
+
 Set ``SB3_TENSORPATCH_LOWERING=0`` in the environment, or :data:`enabled` to ``False`` (then
 ``disable()`` and ``enable()``, or :func:`sb3_tensorpatch.plans.clear`), to build no lowered plans.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn import _reduction
 from torch.nn.modules import module as _torch_module
 
 from . import sb3
@@ -49,6 +59,14 @@ Tensor = torch.Tensor
 Step = Callable[[Tensor], Tensor]
 #: ``actions(obs, deterministic)``: the raw actions ``policy._predict`` would return
 Actions = Callable[[Tensor, bool], Tensor]
+#: ``forward(obs, deterministic)``: the ``(actions, values, log_prob)`` of ``ActorCriticPolicy.forward``
+Forward = Callable[[Tensor, bool], tuple[Tensor, Tensor, Tensor]]
+#: ``draw(out, deterministic)``: the actions of a distribution built from the action net's output ``out``
+#: (``proba_distribution`` then ``get_actions``)
+Draw = Callable[[Tensor, bool], Tensor]
+#: ``draw_scored(out, deterministic)``: the same actions and SB3's ``log_prob`` of them
+DrawScored = Callable[[Tensor, bool], tuple[Tensor, Tensor]]
+Function = TypeVar("Function", Actions, Forward)
 
 #: whether plans built from now on may be lowered (``SB3_TENSORPATCH_LOWERING=0`` turns it off)
 enabled: bool = os.environ.get("SB3_TENSORPATCH_LOWERING", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -69,17 +87,18 @@ class Unlowerable(Exception):
     """Raised while building: the policy has something the lowered path does not restate."""
 
 
-class Lowered:
-    """A policy's ``_predict`` as direct op calls, and the per-call check that it still applies.
+class Lowered(Generic[Function]):
+    """A policy method (``_predict``, or ``forward``) as direct op calls, and the per-call check that
+    it still applies.
 
-    :param actions: ``actions(obs, deterministic)``, the raw actions of ``_predict``
-    :param path: what was recorded while building ``actions``
+    :param run: the method restated: :data:`Actions` for ``_predict``, :data:`Forward` for ``forward``
+    :param path: what was recorded while building ``run``
     """
 
-    __slots__ = ("_children", "_dicts", "_names", "_parents", "_sizes", "actions")
+    __slots__ = ("_children", "_dicts", "_names", "_parents", "_sizes", "run")
 
-    def __init__(self, actions: Actions, path: _Path) -> None:
-        self.actions = actions
+    def __init__(self, run: Function, path: _Path) -> None:
+        self.run: Function = run
         self._dicts = tuple(path.dicts)
         self._sizes = [len(d) for d in path.dicts]
         self._parents = tuple(parent for parent, _, _ in path.links)
@@ -87,7 +106,10 @@ class Lowered:
         self._children = [child for _, _, child in path.links]
 
     def live(self) -> bool:
-        """Whether the policy is still exactly what :attr:`actions` restates.
+        """Whether the policy is still exactly what :attr:`run` restates.
+
+        The training flags are not checked: no module the lowering accepts reads its flag (dropout
+        and batch norm are refused when building).
 
         Every hook dict must still be empty, and no instance ``__dict__`` of a module on the path
         (nor the policy's) and no ``Sequential`` may have gained or lost an entry: those sizes are
@@ -139,11 +161,15 @@ class _Path:
         self.links.append((parent._modules, name, module))
         self.watch(module)
         if called:
-            hooks = (module._forward_hooks, module._forward_pre_hooks)  # see _GLOBAL_HOOKS
-            if any(hooks):
-                raise Unlowerable(f"{type(parent).__qualname__}.{name} has a hook")
-            self.dicts.extend(hooks)
+            self.called(module, f"{type(parent).__qualname__}.{name}")
         return module
+
+    def called(self, module: nn.Module, what: str) -> None:
+        """Require ``module``, which SB3 calls as ``module(x)``, to have no forward hook, and watch its hooks."""
+        hooks = (module._forward_hooks, module._forward_pre_hooks)  # see _GLOBAL_HOOKS
+        if any(hooks):
+            raise Unlowerable(f"{what} has a hook")
+        self.dicts.extend(hooks)
 
     def attribute(self, owner: Any, name: str) -> Any:
         """Return ``owner.name``, a plain instance attribute SB3's path reads on every call; it must
@@ -295,83 +321,45 @@ def _run(steps: list[Step]) -> Step:
     return run
 
 
-def _gaussian_sample(mean: Tensor, log_std: Tensor) -> Tensor:
-    """One draw of SB3's ``DiagGaussianDistribution`` (``proba_distribution`` then ``sample``).
+def _gaussian_std(mean: Tensor, log_std: Tensor) -> Tensor:
+    """The standard deviation of SB3's ``Normal``, element by element: SB3's ``proba_distribution`` gives
+    it ``scale = ones_like(mean) * log_std.exp()``, of the broadcast shape.
 
-    SB3 builds ``scale = ones_like(mean) * log_std.exp()`` and ``Normal(mean, scale)``, whose
+    ``1.0 * x`` is ``x`` exactly, so where ``log_std`` has the mean's dtype, ``log_std.exp()`` (a row,
+    or SAC's one per sample) holds the very values of ``scale`` and broadcasts to them in every op
+    that follows, one op fewer and on a row instead of a batch. Where the dtypes differ, ``ones_like``
+    would promote: then it is made as SB3 makes it.
+    """
+    std = log_std.exp()
+    return std if std.dtype is mean.dtype else torch.ones_like(mean) * std
+
+
+def _gaussian_sample(mean: Tensor, std: Tensor) -> Tensor:
+    """One draw of SB3's ``DiagGaussianDistribution`` (``sample`` is ``Normal.rsample``), ``std`` from
+    :func:`_gaussian_std`.
+
     ``rsample`` draws ``eps = torch.empty(shape, dtype=loc.dtype).normal_()`` in the batch shape (the
-    mean's: ``log_std`` is a row, or the mean's own shape for SAC) and returns ``loc + eps * scale``.
-    Two ops fewer, the same numbers: ``1.0 * x`` is ``x`` exactly, so ``eps * log_std.exp()``
-    (broadcast) equals ``eps * scale`` element by element, in the same dtype; and a contiguous
-    ``empty_like`` of the mean is the tensor ``torch.empty(shape, ...)`` makes, so ``normal_`` fills
-    it with the same draws in the same order. Where no dtype is promoted, the product and the sum are
-    made in place on ``eps`` (``eps * std + mean`` is ``mean + eps * std``: both are commutative).
+    mean's) and returns ``loc + eps * scale``. A contiguous ``empty_like`` of the mean is the tensor
+    ``torch.empty(shape, ...)`` makes, so ``normal_`` fills it with the same draws in the same order;
+    where no dtype is promoted, the product and the sum are made in place on ``eps`` (``eps * std +
+    mean`` is ``mean + eps * std``: both are commutative).
     """
     eps = torch.empty_like(mean, memory_format=torch.contiguous_format).normal_()
-    if log_std.dtype is mean.dtype:
-        return eps.mul_(log_std.exp()).add_(mean)
-    return mean + eps * log_std.exp()
+    if std.dtype is mean.dtype:
+        return eps.mul_(std).add_(mean)
+    return mean + eps * std
 
 
-def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
-    from stable_baselines3.common.distributions import (
-        BernoulliDistribution,
-        CategoricalDistribution,
-        DiagGaussianDistribution,
-        MultiCategoricalDistribution,
-    )
-    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
-    from stable_baselines3.common.torch_layers import MlpExtractor
+#: the constant of ``Normal.log_prob``, computed as torch computes it
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
-    path.owner(policy, ActorCriticPolicy, "_predict", "get_distribution", "_get_action_dist_from_latent")
-    # get_distribution calls super().extract_features: the next one after ActorCriticPolicy's
-    if getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None) is not BaseModel.extract_features:
-        raise Unlowerable(f"{type(policy).__qualname__} has an extract_features after ActorCriticPolicy's")
-    features = path.features(policy, "pi_features_extractor")
-    extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=False)  # forward_actor is called, not the module
-    path.owner(extractor, MlpExtractor, "forward_actor")
-    latent = _run(features + path.sequential(extractor, "policy_net"))
-    head = path.linear(policy, "action_net")
-    action_dist = path.attribute(policy, "action_dist")  # _get_action_dist_from_latent dispatches on it
-    kind = type(action_dist)
-    if kind is DiagGaussianDistribution:
-        params = policy._parameters
 
-        def gaussian(obs: Tensor, deterministic: bool) -> Tensor:
-            mean = head(latent(obs))
-            return mean if deterministic else _gaussian_sample(mean, params["log_std"])
-
-        return gaussian, "diagonal Gaussian"
-    if kind is CategoricalDistribution:
-
-        def categorical(obs: Tensor, deterministic: bool) -> Tensor:
-            probs = _categorical_probs(head(latent(obs)))
-            return torch.argmax(probs, dim=1) if deterministic else _categorical_sample(probs)
-
-        return categorical, "categorical"
-    if kind is MultiCategoricalDistribution:
-        dims = vars(action_dist)
-        path.attribute(action_dist, "action_dims")
-
-        def multi_categorical(obs: Tensor, deterministic: bool) -> Tensor:
-            # one Categorical per split, each built (its logits normalised) before any is used
-            parts = [_normalised(split) for split in torch.split(head(latent(obs)), list(dims["action_dims"]), dim=1)]
-            if deterministic:
-                return torch.stack([torch.argmax(part.softmax(-1), dim=1) for part in parts], dim=1)
-            return torch.stack([_categorical_sample(part.softmax(-1)) for part in parts], dim=1)
-
-        return multi_categorical, "multi-categorical"
-    if kind is BernoulliDistribution:
-
-        def bernoulli(obs: Tensor, deterministic: bool) -> Tensor:
-            # Bernoulli(logits=...).probs is sigmoid(logits); mode rounds them. Its sample is
-            # bernoulli(probs.expand(batch_shape)), and the batch shape is the probs' own: the
-            # expand is the same tensor, so it is left out.
-            probs = torch.sigmoid(head(latent(obs)))
-            return torch.round(probs) if deterministic else torch.bernoulli(probs)
-
-        return bernoulli, "Bernoulli"
-    raise Unlowerable(f"{kind.__qualname__} is not lowered")
+def _normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """``Normal(loc, scale).log_prob(value)`` (torch 2.x, a tensor ``scale``), op for op; ``scale`` may be
+    :func:`_gaussian_std`'s row, which holds the values of the ``Normal``'s scale and broadcasts to them."""
+    var = scale**2
+    log_scale = scale.log()
+    return -((value - loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI
 
 
 def _normalised(logits: Tensor) -> Tensor:
@@ -379,14 +367,177 @@ def _normalised(logits: Tensor) -> Tensor:
     return logits - logits.logsumexp(dim=-1, keepdim=True)
 
 
-def _categorical_probs(logits: Tensor) -> Tensor:
-    """``Categorical(logits=logits).probs``: ``F.softmax(normalised logits, dim=-1)``."""
-    return _normalised(logits).softmax(-1)
-
-
-def _categorical_sample(probs: Tensor) -> Tensor:
-    """``Categorical.sample()`` (``sample_shape`` empty) for these probabilities."""
+def _categorical_actions(normalised: Tensor, deterministic: bool) -> Tensor:
+    """SB3's ``CategoricalDistribution.get_actions`` for a ``Categorical`` of these normalised logits: the
+    argmax of ``probs`` (``F.softmax(logits, dim=-1)``), or ``Categorical.sample()``."""
+    probs = normalised.softmax(-1)
+    if deterministic:
+        return torch.argmax(probs, dim=1)
     return torch.multinomial(probs.reshape(-1, probs.size(-1)), 1, True).T.reshape(probs.shape[:-1])
+
+
+def _categorical_log_prob(normalised: Tensor, actions: Tensor) -> Tensor:
+    """``Categorical.log_prob(actions)`` of these normalised logits: the gathered logit. torch's
+    ``value.long()`` and ``broadcast_tensors(value, logits)`` are identities here (the actions are the
+    int64 draws of the same batch shape), so only the gather is made."""
+    return normalised.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+#: ``reduction="none"`` as ``F.binary_cross_entropy_with_logits`` passes it on
+_NO_REDUCTION = _reduction.get_enum("none")
+
+
+def _distribution(policy: Any, path: _Path) -> tuple[Draw, DrawScored, str]:
+    """``policy._get_action_dist_from_latent`` after the action net, and ``get_actions`` (then ``log_prob``)
+    of the distribution it builds, for SB3's Gaussian, categorical, multi-categorical and Bernoulli
+    distributions.
+
+    :return: the draw for ``_predict``, the draw with its log-probability for ``forward``, and what was lowered
+    """
+    from stable_baselines3.common.distributions import (
+        BernoulliDistribution,
+        CategoricalDistribution,
+        DiagGaussianDistribution,
+        MultiCategoricalDistribution,
+    )
+
+    action_dist = path.attribute(policy, "action_dist")  # _get_action_dist_from_latent dispatches on it
+    kind = type(action_dist)
+    if kind is DiagGaussianDistribution:
+        params = policy._parameters
+
+        def gaussian(mean: Tensor, deterministic: bool) -> Tensor:
+            return mean if deterministic else _gaussian_sample(mean, _gaussian_std(mean, params["log_std"]))
+
+        def gaussian_scored(mean: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
+            std = _gaussian_std(mean, params["log_std"])
+            actions = mean if deterministic else _gaussian_sample(mean, std)
+            # sum_independent_dims: the log-probabilities are (batch, action_dim), so summed over dim 1
+            return actions, _normal_log_prob(actions, mean, std).sum(dim=1)
+
+        return gaussian, gaussian_scored, "diagonal Gaussian"
+    if kind is CategoricalDistribution:
+
+        def categorical(logits: Tensor, deterministic: bool) -> Tensor:
+            return _categorical_actions(_normalised(logits), deterministic)
+
+        def categorical_scored(logits: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
+            normalised = _normalised(logits)
+            actions = _categorical_actions(normalised, deterministic)
+            return actions, _categorical_log_prob(normalised, actions)
+
+        return categorical, categorical_scored, "categorical"
+    if kind is MultiCategoricalDistribution:
+        dims = vars(action_dist)
+        path.attribute(action_dist, "action_dims")
+
+        def parts(logits: Tensor) -> list[Tensor]:
+            # one Categorical per split, each built (its logits normalised) before any is used
+            return [_normalised(split) for split in torch.split(logits, list(dims["action_dims"]), dim=1)]
+
+        def multi_categorical(logits: Tensor, deterministic: bool) -> Tensor:
+            return torch.stack([_categorical_actions(part, deterministic) for part in parts(logits)], dim=1)
+
+        def multi_categorical_scored(logits: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
+            normalised = parts(logits)
+            actions = torch.stack([_categorical_actions(part, deterministic) for part in normalised], dim=1)
+            log_probs = [_categorical_log_prob(part, action) for part, action in zip(normalised, torch.unbind(actions, dim=1))]
+            return actions, torch.stack(log_probs, dim=1).sum(dim=1)
+
+        return multi_categorical, multi_categorical_scored, "multi-categorical"
+    if kind is BernoulliDistribution:
+        # Bernoulli(logits=...).probs is sigmoid(logits); mode rounds them. Its sample is
+        # bernoulli(probs.expand(batch_shape)), and the batch shape is the probs' own: the expand is the
+        # same tensor, so it is left out (as is broadcast_all of one tensor, or of two of one shape)
+
+        def bernoulli(logits: Tensor, deterministic: bool) -> Tensor:
+            probs = torch.sigmoid(logits)
+            return torch.round(probs) if deterministic else torch.bernoulli(probs)
+
+        def bernoulli_scored(logits: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
+            actions = bernoulli(logits, deterministic)
+            # Bernoulli.log_prob is -binary_cross_entropy_with_logits(logits, value, reduction="none")
+            log_prob = -torch.binary_cross_entropy_with_logits(logits, actions, None, None, _NO_REDUCTION)
+            return actions, log_prob.sum(dim=1)
+
+        return bernoulli, bernoulli_scored, "Bernoulli"
+    raise Unlowerable(f"{kind.__qualname__} is not lowered")
+
+
+def _base_extract_features(policy: Any) -> None:
+    """Require the ``extract_features`` after ``ActorCriticPolicy``'s (its ``super().extract_features``) to be
+    ``BaseModel``'s."""
+    from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+
+    if getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None) is not BaseModel.extract_features:
+        raise Unlowerable(f"{type(policy).__qualname__} has an extract_features after ActorCriticPolicy's")
+
+
+def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
+    """``ActorCriticPolicy._predict``: ``get_distribution(obs).get_actions(deterministic)``."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.torch_layers import MlpExtractor
+
+    path.owner(policy, ActorCriticPolicy, "_predict", "get_distribution", "_get_action_dist_from_latent")
+    _base_extract_features(policy)  # get_distribution calls super().extract_features
+    features = path.features(policy, "pi_features_extractor")
+    extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=False)  # forward_actor is called, not the module
+    path.owner(extractor, MlpExtractor, "forward_actor")
+    latent = _run(features + path.sequential(extractor, "policy_net"))
+    head = path.linear(policy, "action_net")
+    draw, _, what = _distribution(policy, path)
+
+    def actions(obs: Tensor, deterministic: bool) -> Tensor:
+        return draw(head(latent(obs)), deterministic)
+
+    return actions, what
+
+
+def _actor_critic_forward(policy: Any, path: _Path) -> tuple[Forward, str]:
+    """``ActorCriticPolicy.forward`` as ``policy(obs, deterministic)`` calls it: ``(actions, values, log_prob)``."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.torch_layers import MlpExtractor
+
+    if not isinstance(policy, ActorCriticPolicy):
+        raise Unlowerable(f"{type(policy).__qualname__} is not an ActorCriticPolicy")
+    path.owner(policy, nn.Module, "__call__")
+    path.called(policy, type(policy).__qualname__)
+    path.owner(policy, ActorCriticPolicy, "forward", "extract_features", "_get_action_dist_from_latent")
+    _base_extract_features(policy)  # extract_features calls super().extract_features
+    shared = path.attribute(policy, "share_features_extractor")
+    if shared is not True and shared is not False:
+        raise Unlowerable(f"share_features_extractor is {shared!r}, not a bool")
+    # shared: self.mlp_extractor(features), so its hooks and forward; else forward_actor / forward_critic
+    extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=shared)
+    path.owner(extractor, MlpExtractor, *(("forward",) if shared else ()), "forward_actor", "forward_critic")
+    policy_net = _run(path.sequential(extractor, "policy_net"))
+    value_latent = _run(path.sequential(extractor, "value_net"))
+    if shared:
+        features = _run(path.features(policy, "features_extractor"))
+
+        def latents(obs: Tensor) -> tuple[Tensor, Tensor]:
+            shared_features = features(obs)
+            return policy_net(shared_features), value_latent(shared_features)
+
+    else:
+        pi_features = _run(path.features(policy, "pi_features_extractor"))
+        vf_features = _run(path.features(policy, "vf_features_extractor"))
+
+        def latents(obs: Tensor) -> tuple[Tensor, Tensor]:
+            return policy_net(pi_features(obs)), value_latent(vf_features(obs))
+
+    value = path.linear(policy, "value_net")
+    head = path.linear(policy, "action_net")
+    _, draw_scored, what = _distribution(policy, path)
+    shape = (-1, *path.attribute(policy, "action_space").shape)  # forward reshapes the actions to it
+
+    def forward(obs: Tensor, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+        latent_pi, latent_vf = latents(obs)
+        values = value(latent_vf)
+        actions, log_prob = draw_scored(head(latent_pi), deterministic)
+        return actions.reshape(shape), values, log_prob
+
+    return forward, what
 
 
 def _q_network(policy: Any, path: _Path) -> tuple[Actions, str]:
@@ -422,7 +573,7 @@ def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
         mean = mu(hidden)
         if deterministic:
             return torch.tanh(mean)
-        return torch.tanh(_gaussian_sample(mean, torch.clamp(log_std(hidden), low, high)))
+        return torch.tanh(_gaussian_sample(mean, _gaussian_std(mean, torch.clamp(log_std(hidden), low, high))))
 
     return squashed, "squashed diagonal Gaussian"
 
@@ -441,8 +592,8 @@ def _td3_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
     return deterministic_actor, "deterministic actor"
 
 
-def _builder(policy: BasePolicy) -> Callable[[Any, _Path], tuple[Actions, str]]:
-    """The lowering for ``policy``'s kind, recognised by its ``_predict`` being SB3's own."""
+def _lowered_predict(policy: Any, path: _Path) -> tuple[Actions, str]:
+    """The lowering of ``_predict`` for ``policy``'s kind, recognised by its ``_predict`` being SB3's own."""
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.dqn.policies import DQNPolicy
     from stable_baselines3.sac.policies import SACPolicy
@@ -456,24 +607,99 @@ def _builder(policy: BasePolicy) -> Callable[[Any, _Path], tuple[Actions, str]]:
         (TD3Policy, _td3_actor),
     ):
         if predict is base._predict:
-            return builder
+            return builder(policy, path)
     raise Unlowerable(f"{type(policy).__qualname__}._predict is not one the lowering restates")
 
 
-def lower(policy: BasePolicy) -> tuple[Lowered | None, str]:
-    """Lower ``policy``'s ``_predict`` if it is provably the same as SB3's standard one.
-
-    :param policy: an SB3 policy
-    :return: the lowered ``_predict`` (``None`` where it cannot be) and a sentence saying what was
-        lowered, or why not
-    """
+def _build(policy: BasePolicy, builder: Callable[[Any, _Path], tuple[Function, str]]) -> tuple[Lowered[Function] | None, str]:
+    """Run ``builder`` on ``policy`` with a fresh :class:`_Path`: the lowered method and what it is, or
+    ``None`` and why not."""
     if not enabled:
         return None, "lowering is turned off"
     path = _Path()
     try:
         if any(path.dicts):
             raise Unlowerable("a global module hook is set")
-        actions, what = _builder(policy)(policy, path)
+        run, what = builder(policy, path)
     except Unlowerable as why:
         return None, str(why)
-    return Lowered(actions, path), f"lowered ({what})"
+    return Lowered(run, path), f"lowered ({what})"
+
+
+def lower(policy: BasePolicy) -> tuple[Lowered[Actions] | None, str]:
+    """Lower ``policy``'s ``_predict`` if it is provably the same as SB3's standard one.
+
+    :param policy: an SB3 policy
+    :return: the lowered ``_predict`` (``None`` where it cannot be) and a sentence saying what was
+        lowered, or why not
+    """
+    return _build(policy, _lowered_predict)
+
+
+#: the probe of :func:`lower_forward`: its batch size, and the seed of its observations and of its draws
+PROBE_BATCH = 4
+PROBE_SEED = 0
+
+
+def lower_forward(policy: BasePolicy) -> tuple[Lowered[Forward] | None, str]:
+    """Lower ``policy(obs, deterministic)`` (``ActorCriticPolicy.forward``: actions, values and
+    log-probabilities, as PPO's and A2C's ``collect_rollouts`` calls it) where it is provably SB3's standard one.
+
+    The tree and method checks are those of :func:`lower`. Then, as a guard against a torch whose
+    distributions compute differently from what :func:`_distribution` restates, the lowered forward is
+    compared once with ``policy(obs, deterministic)`` on a probe batch (:func:`_probe_observations`), both
+    deterministic and stochastic from the same seed, bit for bit; the torch generator of the policy's
+    device is forked for it, so the caller's draws are untouched. Call it with the policy in the training
+    mode it will run in (the probe calls the policy's own ``forward``).
+
+    :param policy: an SB3 policy
+    :return: the lowered forward (``None`` where it cannot be) and a sentence saying what was lowered, or why not
+    """
+    lowered, what = _build(policy, _actor_critic_forward)
+    if lowered is not None:
+        differs = _probe(policy, lowered.run)
+        if differs is not None:
+            return None, differs
+    return lowered, what
+
+
+def _probe_observations(space: Any, device: torch.device) -> Tensor:
+    """:data:`PROBE_BATCH` observations of the ``Box`` ``space``, from a generator of their own (the
+    space's and torch's global generators are not drawn from): uniform where the space is bounded,
+    standard normal clipped to the bounds elsewhere, in the space's dtype."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    low = torch.as_tensor(space.low)
+    dtype, low, high = low.dtype, low.to(torch.float64), torch.as_tensor(space.high).to(torch.float64)
+    shape = (PROBE_BATCH, *low.shape)
+    uniform = low + torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low)
+    normal = torch.clamp(torch.randn(shape, generator=generator, dtype=torch.float64), low, high)
+    return torch.where(torch.isfinite(low) & torch.isfinite(high), uniform, normal).to(dtype).to(device)
+
+
+def _probe(policy: Any, forward: Forward) -> str | None:
+    """Compare ``forward`` with ``policy(obs, deterministic)`` on probe observations: ``None`` where every
+    output is the same (dtype, shape, device and bits), else why not."""
+    device = policy.device
+    if device.type == "cpu":
+        generator, devices = torch.default_generator, []
+    elif device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        generator, devices = torch.cuda.default_generators[index], [index]
+    else:
+        return f"the probe of the lowered forward does not run on {device.type}"
+    names = ("actions", "values", "log_prob")
+    try:
+        obs = _probe_observations(policy.observation_space, device)
+        # fork_rng restores the generator; seeding only this one leaves the other devices' untouched
+        with torch.random.fork_rng(devices, device_type="cuda"), torch.no_grad():
+            for deterministic in (False, True):
+                generator.manual_seed(PROBE_SEED)
+                expected = policy(obs, deterministic)
+                generator.manual_seed(PROBE_SEED)
+                got = forward(obs, deterministic)
+                for name, mine, theirs in zip(names, got, expected):
+                    if mine.dtype != theirs.dtype or mine.shape != theirs.shape or mine.device != theirs.device or not torch.equal(mine, theirs):
+                        return f"the lowered forward's {name} differ from SB3's on the probe (torch {torch.__version__})"
+    except Exception as error:  # SB3's own forward fails the same way on such input: leave it to SB3's path
+        return f"the probe of the lowered forward raised {type(error).__name__}: {error}"
+    return None

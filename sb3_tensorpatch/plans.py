@@ -265,7 +265,23 @@ def plan_for(policy: BasePolicy) -> PolicyPlan:
     return _plans.put(policy, PolicyPlan(policy))  # type: ignore[no-any-return]
 
 
+#: per policy: (observation space, action space, lowered forward or ``None``, what was lowered or why not)
+_forwards = ObjectCache()
+
+
+def forward_for(policy: BasePolicy) -> tuple[lowering.Lowered[lowering.Forward] | None, str]:
+    """Return ``policy``'s lowered ``forward`` (see :func:`.lowering.lower_forward`) or ``None``, and what
+    was lowered or why not; built on first use, and again when the policy's spaces were replaced (as
+    :func:`plan_for` does). Build it with the policy in eval mode: its probe runs SB3's own ``forward``.
+    """
+    found = _forwards.get(policy)
+    if found is None or found[0] is not policy.observation_space or found[1] is not policy.action_space:
+        found = _forwards.put(policy, (policy.observation_space, policy.action_space, *lowering.lower_forward(policy)))
+    return found[2], found[3]
+
+
 def clear() -> None:
-    """Drop every plan and every statistics tensor (``disable()`` calls this)."""
+    """Drop every plan, lowered forward and statistics tensor (``disable()`` calls this)."""
     _plans.clear()
+    _forwards.clear()
     statistics.clear()

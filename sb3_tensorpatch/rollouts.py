@@ -21,6 +21,11 @@ Exactness, detail by detail:
 - GAE restates SB3's NumPy loop with the same float32 (and, before SB3 2.4.0, float64) operations in the same
   order; the minibatch permutation comes from NumPy's global generator, as SB3's ``get`` draws it.
 
+The policy's ``forward`` is the lowered one (:func:`~sb3_tensorpatch.lowering.lower_forward`: the same ops
+without the module calls and distribution objects) where the policy is SB3's standard one, checked on every
+step with ``Lowered.live()``; SB3's ``forward`` otherwise, and from the step after any change (a hook, a
+replaced module) on.
+
 Callbacks get ``on_step()`` every step and ``update_locals(locals())`` as in SB3, but the locals hold
 tensors: ``new_obs``, ``rewards``, ``dones``, ``actions``, ``clipped_actions``, ``values`` and ``log_probs``
 are tensors on the device, ``infos`` is the env's own info dict (not a list of per-env dicts) and ``step``
@@ -36,7 +41,7 @@ policy with ``squash_output`` or its own ``obs_to_tensor``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -45,6 +50,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from .buffers import TensorRolloutBuffer, device_buffer
 from .host import TORCH_DTYPES
+from .plans import forward_for
 from .sb3 import spaces
 from .validation import no_validation
 from .vec_env import TensorObs, TensorVecEnv, host_copy
@@ -174,17 +180,21 @@ class _Episodes:
 
     def to_info_buffer(self, model: Any, env: TensorVecEnv, host: np.ndarray) -> None:
         """What SB3's ``_update_info_buffer`` adds for these steps: ``Monitor``'s ``{"r", "l", "t"}`` of each
-        finished episode, step by step, in environment order."""
-        episodes = []
-        for step, index in zip(*np.nonzero(host[0])):
-            episodes.append(
-                {
-                    "r": round(float(host[1, step, index]), 6),
-                    "l": int(host[2, step, index]),
-                    "t": round(self.times[step] - env._t_start, 6),
-                }
-            )
-        model.ep_info_buffer.extend(episodes)
+        finished episode, step by step, in environment order.
+
+        ``ep_info_buffer`` is a deque of ``stats_window_size`` entries: of the many episodes a rollout of
+        many environments finishes, only the last that many would stay, so only those are built.
+        """
+        steps, envs = np.nonzero(host[0])
+        keep = getattr(model.ep_info_buffer, "maxlen", None)
+        if keep is not None and len(steps) > keep:
+            steps, envs = steps[len(steps) - keep :], envs[len(envs) - keep :]
+        start = env._t_start
+        model.ep_info_buffer.extend(
+            # Monitor's round(ep_rew, 6) of a Python float, its length as an int, its round(time - start, 6)
+            {"r": round(episode_return, 6), "l": int(length), "t": round(self.times[step] - start, 6)}
+            for episode_return, length, step in zip(host[1, steps, envs].tolist(), host[2, steps, envs].tolist(), steps.tolist())
+        )
 
     def bootstrap(self, model: Any, buffer: TensorRolloutBuffer, host: np.ndarray) -> None:
         """SB3's timeout bootstrap, ``reward += gamma * V(terminal_obs)``, each value from a batch of one."""
@@ -237,6 +247,9 @@ def collect_rollouts_route(
         rollout_buffer.start(store_obs_float32)
         callback.on_rollout_start()
 
+        # SB3's forward as direct op calls where the policy is SB3's standard one, checked on every step
+        policy = self.policy
+        lowered = forward_for(policy)[0]
         device = self.device
         env_device = env.device
         action_dtype = TORCH_DTYPES[np.dtype(self.action_space.dtype)]
@@ -263,9 +276,14 @@ def collect_rollouts_route(
             rollout_buffer.last_obs, rollout_buffer.last_starts = last_obs, last_starts
 
         while n_steps < n_rollout_steps:
-            with torch.no_grad(), no_validation():
-                obs_tensor = last_obs
-                actions, values, log_probs = self.policy(obs_tensor)
+            obs_tensor = last_obs
+            if lowered is not None and self.policy is policy and lowered.live():
+                with torch.no_grad():  # it builds no distribution: nothing to validate
+                    # lowered only for Box observations: a tensor
+                    actions, values, log_probs = lowered.run(cast(Tensor, obs_tensor), False)
+            else:
+                with torch.no_grad(), no_validation():
+                    actions, values, log_probs = self.policy(obs_tensor)
 
             # Rescale and perform action
             clipped_actions = actions if bounds is None else bounds.clip(actions)

@@ -97,7 +97,7 @@ def policy_route(original: Route, *, reshape: bool = True) -> Route:
         obs, vectorized, device, target = plan.prepare(policy, observation)
         lowered = plan.lowered
         if lowered is not None and lowered.live():
-            actions = _lowered_finished(plan, lowered.actions, vectorized, reshape, obs, deterministic)
+            actions = _lowered_finished(plan, lowered.run, vectorized, reshape, obs, deterministic)
         else:
             actions = _quiet(_finished, plan, vectorized, reshape, policy._predict, obs, deterministic=deterministic)
         return _back(actions, device, target), state

@@ -545,7 +545,11 @@ def test_activation_first_in_a_sequential_leaves_the_observation_alone(lowered_c
     assert_same_bits(obs, kept)
 
 
-@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.float32, torch.float64)], ids=["f32", "f64", "mixed"])
+@pytest.mark.parametrize(
+    "dtypes",
+    [(torch.float32, torch.float32), (torch.float64, torch.float64), (torch.float32, torch.float64), (torch.float64, torch.float32)],
+    ids=["f32", "f64", "f64-log_std", "f32-log_std"],
+)
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (7, 130)], ids=str)
 @pytest.mark.parametrize("per_row", [False, True], ids=["log_std-row", "log_std-per-sample"])
 def test_gaussian_sample_is_sb3_sample(dtypes: tuple[torch.dtype, torch.dtype], shape: tuple[int, int], per_row: bool) -> None:
@@ -560,6 +564,211 @@ def test_gaussian_sample_is_sb3_sample(dtypes: tuple[torch.dtype, torch.dtype], 
     torch.manual_seed(5)
     want = distribution.sample()
     torch.manual_seed(5)
-    got = lowering._gaussian_sample(mean, log_std)
+    got = lowering._gaussian_sample(mean, lowering._gaussian_std(mean, log_std))
     assert_same_bits(got, want)
-    assert not torch.equal(got, lowering._gaussian_sample(mean, log_std))  # another draw: the seed matters
+    assert not torch.equal(got, lowering._gaussian_sample(mean, lowering._gaussian_std(mean, log_std)))  # the seed matters
+    # and SB3's log_prob of the draw, from the same std
+    assert_same_bits(lowering._normal_log_prob(got, mean, lowering._gaussian_std(mean, log_std)).sum(dim=1), distribution.log_prob(got))
+
+# -- the lowered forward (the on-device collect_rollouts) ----------------------------------------------
+
+
+def _forward_model(algo: str, act_kind: str, obs_kind: str = "Box", **policy_kwargs: Any) -> Any:
+    """A fresh small PPO or A2C (tests change it); image observations get ``CnnPolicy``'s NatureCNN."""
+    if obs_kind.startswith("Image"):
+        policy_kwargs.setdefault("features_extractor_kwargs", {"features_dim": 8})
+    env = SpaceEnv(observation_space(obs_kind), action_space(act_kind))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        policy = policy_kwargs.pop("policy", "CnnPolicy" if obs_kind.startswith("Image") else "MlpPolicy")
+        return algorithm_class(algo)(policy, env, device="cpu", seed=0, policy_kwargs={"net_arch": [8], **policy_kwargs})
+
+
+def _forward_batch(policy: Any, count: int = 16, seed: int = 4) -> torch.Tensor:
+    """A batch of observations of the policy's own (channel-first) observation space."""
+    return torch.as_tensor(stack(sample_observations(copy.deepcopy(policy.observation_space), count, seed)))
+
+
+def _assert_forward_parity(policy: Any, lowered: Any, obs: torch.Tensor, seed: int = 7) -> None:
+    """``lowered.run(obs, deterministic)`` equals ``policy(obs, deterministic)`` bit for bit from the same
+    seed, and leaves torch's generator where SB3's forward leaves it; the stochastic actions are draws."""
+    outputs = {}
+    for deterministic in (False, True):
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            want = policy(obs, deterministic)
+            state = torch.get_rng_state()
+            torch.manual_seed(seed)
+            got = lowered.run(obs, deterministic)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert len(got) == 3
+        for mine, theirs in zip(got, want):
+            assert mine.device == theirs.device
+            assert_same_bits(mine, theirs.numpy())
+        outputs[deterministic] = got[0]
+    assert not torch.equal(outputs[False], outputs[True])
+
+
+FORWARD_CASES = [(algo, act, shared) for algo in ("PPO", "A2C") for act in ("Box", "Discrete", "MultiDiscrete", "MultiBinary") for shared in (True, False)]
+
+
+@pytest.mark.parametrize(
+    "algo,act_kind,shared", FORWARD_CASES, ids=[f"{algo}-{act}-{'shared' if shared else 'separate'}" for algo, act, shared in FORWARD_CASES]
+)
+def test_lowered_forward_parity(algo: str, act_kind: str, shared: bool) -> None:
+    model = _forward_model(algo, act_kind, share_features_extractor=shared, activation_fn=nn.ReLU if shared else nn.Tanh)
+    lowered, what = plans.forward_for(model.policy)
+    assert lowered is not None, what
+    _assert_forward_parity(model.policy, lowered, _forward_batch(model.policy))
+    assert lowered.live()
+
+
+@pytest.mark.parametrize("algo,obs_kind,act_kind,shared", [("PPO", "ImageFirst", "Box", True), ("A2C", "ImageLast", "Discrete", False)])
+def test_lowered_forward_parity_on_images(algo: str, obs_kind: str, act_kind: str, shared: bool) -> None:
+    # NatureCNN after obs.float() / 255.0 (SB3 transposes a channel-last env: the policy sees channel-first)
+    model = _forward_model(algo, act_kind, obs_kind, share_features_extractor=shared)
+    lowered, what = plans.forward_for(model.policy)
+    assert lowered is not None, what
+    _assert_forward_parity(model.policy, lowered, _forward_batch(model.policy, count=4))
+
+
+def test_lowered_forward_box_actions_of_two_dims_are_reshaped() -> None:
+    # forward reshapes the Gaussian's (batch, 4) draws to (batch, 2, 2)
+    env = SpaceEnv(observation_space("Box"), action_space("Box"))
+    env.action_space = type(env.action_space)(low=-1.0, high=1.0, shape=(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = algorithm_class("PPO")("MlpPolicy", env, device="cpu", seed=0, policy_kwargs={"net_arch": [8]})
+    lowered, what = plans.forward_for(model.policy)
+    assert lowered is not None, what
+    _assert_forward_parity(model.policy, lowered, _forward_batch(model.policy))
+    assert lowered.run(_forward_batch(model.policy), True)[0].shape == (16, 2, 2)
+
+
+class _OwnForward(ActorCriticPolicy):
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> Any:
+        actions, values, log_prob = super().forward(obs, deterministic)
+        return actions, values * 2.0, log_prob
+
+
+class _OwnCritic(MlpExtractor):
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward_critic(features) + 1.0
+
+
+class _OwnCriticPolicy(ActorCriticPolicy):
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = _OwnCritic(self.features_dim, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device)
+
+
+def _sde() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return algorithm_class("PPO")("MlpPolicy", SpaceEnv(observation_space("Box"), action_space("Box")), device="cpu", seed=0, use_sde=True)
+
+
+def _hooked(model: Any, module: Any) -> Any:
+    module.register_forward_hook(_doubling)
+    return model
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: _forward_model("PPO", "Box", policy=_OwnForward), "_OwnForward.forward is overridden"),
+        (lambda: _forward_model("A2C", "Discrete", policy=_OwnCriticPolicy), "mlp_extractor is a _OwnCritic"),
+        (lambda: _forward_model("PPO", "Discrete", activation_fn=_MyTanh), "_MyTanh"),
+        (lambda: _forward_model("PPO", "Box", features_extractor_class=_Scaled, share_features_extractor=False), "_Scaled"),
+        (_sde, "StateDependentNoiseDistribution is not lowered"),
+        (lambda: (model := _forward_model("PPO", "Box")) and _hooked(model, model.policy), "has a hook"),
+        (lambda: (model := _forward_model("A2C", "Box")) and _hooked(model, model.policy.mlp_extractor), "mlp_extractor has a hook"),
+        (lambda: _forward_model("PPO", "Box", "Dict", policy="MultiInputPolicy"), "Dict observations"),
+    ],
+    ids=["override-forward", "override-forward_critic", "custom-activation", "custom-extractor", "gsde", "hook-on-policy", "hook-on-mlp_extractor", "dict"],
+)
+def test_lowered_forward_refuses_non_standard_policies(make: Any, reason: str) -> None:
+    model = make()
+    lowered, why = plans.forward_for(model.policy)
+    assert lowered is None
+    assert reason in why
+
+
+def test_hook_on_a_separate_mlp_extractor_is_off_forwards_path() -> None:
+    # without a shared extractor forward calls forward_actor / forward_critic, not the module: its hooks never run
+    model = _forward_model("PPO", "Box", share_features_extractor=False)
+    model.policy.mlp_extractor.register_forward_hook(_doubling)
+    lowered, what = plans.forward_for(model.policy)
+    assert lowered is not None, what
+    _assert_forward_parity(model.policy, lowered, _forward_batch(model.policy))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda policy: policy.register_forward_hook(_doubling),
+        lambda policy: policy.register_forward_pre_hook(lambda module, args: (args[0] * 2,)),
+        lambda policy: policy.mlp_extractor.register_forward_hook(_doubling),
+        lambda policy: policy.mlp_extractor.value_net[0].register_forward_hook(_doubling),
+        lambda policy: torch_module.register_module_forward_hook(_doubling),
+        lambda policy: setattr(policy, "value_net", nn.Linear(8, 1)),
+        lambda policy: setattr(policy, "forward", lambda obs, deterministic=False: None),
+        lambda policy: setattr(policy, "share_features_extractor", False),
+    ],
+    ids=["policy-hook", "policy-pre-hook", "mlp_extractor-hook", "critic-layer-hook", "global-hook", "value_net", "instance-forward", "share-flag"],
+)
+def test_lowered_forward_is_not_live_after_a_change(change: Any) -> None:
+    model = _forward_model("PPO", "Discrete")
+    lowered, what = plans.forward_for(model.policy)
+    assert lowered is not None and lowered.live(), what
+    handle = change(model.policy)
+    try:
+        assert not lowered.live()
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert lowered.live() == (handle is not None)  # a removed hook: SB3's forward is the lowered one again
+
+
+def test_probe_refuses_a_forward_that_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the guard against a torch whose distributions compute otherwise: a log_prob one ulp off is refused
+    model = _forward_model("PPO", "Box")
+    original = lowering._normal_log_prob
+    monkeypatch.setattr(lowering, "_normal_log_prob", lambda *args: torch.nextafter(original(*args), torch.tensor(0.0)))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    lowered, why = lowering.lower_forward(model.policy)
+    assert lowered is None
+    assert "log_prob differ from SB3's on the probe" in why
+    assert torch.equal(torch.get_rng_state(), state)  # the probe's draws come from a forked generator
+
+
+def test_probe_leaves_the_generator_alone() -> None:
+    model = _forward_model("A2C", "MultiDiscrete")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    lowered, what = lowering.lower_forward(model.policy)
+    assert lowered is not None, what
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_switch_turns_the_lowered_forward_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _forward_model("PPO", "Box")
+    assert plans.forward_for(model.policy)[0] is not None
+    monkeypatch.setattr(lowering, "enabled", False)
+    assert plans.forward_for(model.policy)[0] is not None  # cached until the plans are dropped
+    plans.clear()
+    assert plans.forward_for(model.policy) == (None, "lowering is turned off")
+
+
+def test_lowered_forwards_do_not_keep_policies_alive() -> None:
+    import gc
+    import weakref
+
+    model = _forward_model("PPO", "MultiBinary")
+    assert plans.forward_for(model.policy)[0] is not None
+    ref, key = weakref.ref(model.policy), id(model.policy)
+    del model
+    gc.collect()
+    assert ref() is None
+    assert key not in plans._forwards._entries

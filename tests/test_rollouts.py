@@ -31,6 +31,7 @@ if GYMNASIUM:
     from torch_vector_envs import LAYOUTS, SingleEnv, TorchCartPoleLike
 
     import sb3_tensorpatch
+    from sb3_tensorpatch import lowering, plans, rollouts
     from sb3_tensorpatch.buffers import TensorDictRolloutBuffer, TensorRolloutBuffer
     from sb3_tensorpatch.vec_env import TensorVecEnv
 
@@ -126,16 +127,76 @@ def parity(algo: str, make: Any, steps: int = 4 * N_ENVS * N_STEPS, **kwargs: An
 ALL_EVENTS = {(kind, where) for kind in ("terminated", "truncated") for where in ("inside", "boundary")}
 
 
+class _Counted:
+    """A lowered forward that counts its calls (one per rollout step that took it)."""
+
+    def __init__(self, lowered: Any, calls: list[int]) -> None:
+        self.lowered, self.calls = lowered, calls
+        self.live = lowered.live
+
+    def run(self, obs: torch.Tensor, deterministic: bool) -> Any:
+        self.calls.append(1)
+        return self.lowered.run(obs, deterministic)
+
+
+@pytest.fixture
+def lowered_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the rollout steps whose ``policy(obs)`` took the lowered forward (one entry per step)."""
+    calls: list[int] = []
+    original = rollouts.forward_for
+
+    def counting(policy: Any) -> Any:
+        lowered, what = original(policy)
+        return (None if lowered is None else _Counted(lowered, calls)), what
+
+    monkeypatch.setattr(rollouts, "forward_for", counting)
+    return calls
+
+
 # -- parity -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("algo", ["PPO", "A2C"])
 @pytest.mark.parametrize("box_actions", [False, True], ids=["Discrete", "Box"])
-def test_training_equals_sb3_path(algo: str, box_actions: bool) -> None:
+def test_training_equals_sb3_path(algo: str, box_actions: bool, lowered_steps: list[int]) -> None:
     # Box actions keep the pole up longer: longer episodes and rollouts make every kind of ending happen
     length, steps = (15, 6 * N_ENVS * N_STEPS) if box_actions else (MAX_STEPS, 4 * N_ENVS * N_STEPS)
     seen = parity(algo, lambda: make_env(box_actions=box_actions, max_episode_steps=length), steps=steps)
     assert seen == ALL_EVENTS
+    # every step's policy(obs) was the lowered forward (none where SB3_TENSORPATCH_LOWERING=0)
+    assert len(lowered_steps) == (steps // N_ENVS if lowering.enabled else 0)
+
+
+class _HookAt(BaseCallback):  # type: ignore[misc]
+    """Puts a forward hook that doubles the action net's output on the policy at step ``at`` (after that
+    step's forward)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def _on_step(self) -> bool:
+        if self.n_calls == self.at:
+            self.model.policy.action_net.register_forward_hook(lambda module, args, output: output * 2)
+        return True
+
+
+def test_a_hook_set_mid_rollout_takes_sb3s_forward_from_the_next_step(monkeypatch: pytest.MonkeyPatch, lowered_steps: list[int]) -> None:
+    monkeypatch.setattr(lowering, "enabled", True)
+    plans.clear()
+    at = N_STEPS + 4  # inside the second rollout
+    off = train("PPO", make_env(box_actions=True), patch=False, steps=2 * N_ENVS * N_STEPS, callback=_HookAt(at))
+    on = train("PPO", make_env(box_actions=True), patch=True, steps=2 * N_ENVS * N_STEPS, callback=_HookAt(at))
+    assert took_route(on)
+    assert_same_training(on, off)
+    assert len(lowered_steps) == at
+
+
+def test_lowering_off_takes_sb3s_forward(monkeypatch: pytest.MonkeyPatch, lowered_steps: list[int]) -> None:
+    monkeypatch.setattr(lowering, "enabled", False)  # what SB3_TENSORPATCH_LOWERING=0 sets
+    plans.clear()
+    parity("A2C", lambda: make_env(box_actions=True), steps=N_ENVS * N_STEPS)
+    assert lowered_steps == []
 
 
 @pytest.mark.parametrize("algo", ["PPO", "A2C"])
@@ -162,6 +223,13 @@ def test_isaaclab_dict_observations() -> None:
 def test_gae_lambda_and_gamma_and_advantage_normalisation_options() -> None:
     parity("PPO", make_env, gamma=0.9, gae_lambda=0.8, normalize_advantage=False)
     parity("A2C", make_env, gamma=0.97, gae_lambda=0.9, normalize_advantage=True)
+
+
+def test_stats_window_smaller_than_a_rollouts_episodes() -> None:
+    # only the last stats_window_size episodes stay in ep_info_buffer (the route builds only those)
+    parity("A2C", make_env, stats_window_size=3)
+    model = train("A2C", make_env(), patch=True, stats_window_size=3)
+    assert len(model.ep_info_buffer) == 3
 
 
 def test_equals_dummy_vec_env_of_single_envs() -> None:
