@@ -27,6 +27,10 @@ Cases:
 ``eval-flags``
     The route's eval-mode check: reading the training flags from the modules' ``__dict__`` against
     reading them as attributes, and against calling ``set_training_mode(False)`` as SB3 does.
+``activation``
+    The lowered path's activation on a ``Linear``'s fresh output: ``torch.tanh_`` in place against
+    ``torch.tanh`` into a new tensor, for batches of 1, 64, 1024 and 4096 rows of 64 features (the
+    ``Linear`` is timed in both variants).
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
@@ -227,6 +231,25 @@ def case_unscale(rounds: int, ms: float) -> None:
         )
 
 
+def case_activation(rounds: int, ms: float) -> None:
+    weight, bias = torch.randn(64, 64), torch.randn(64)
+    linear = torch._C._nn.linear
+    with torch.no_grad():
+        for rows in (1, 64, 1024, 4096):
+            x = torch.randn(rows, 64)
+            report(
+                f"activation: tanh of a Linear's output, {rows} x 64",
+                interleaved(
+                    {
+                        "tanh(linear(x))": lambda x=x: torch.tanh(linear(x, weight, bias)),
+                        "tanh_(linear(x))": lambda x=x: torch.tanh_(linear(x, weight, bias)),
+                    },
+                    rounds,
+                    ms,
+                ),
+            )
+
+
 def case_eval_flags(rounds: int, ms: float) -> None:
     import operator
 
@@ -262,6 +285,7 @@ CASES: dict[str, Callable[[int, float], None]] = {
     "pickle": case_pickle,
     "unsqueeze": case_unsqueeze,
     "unscale": case_unscale,
+    "activation": case_activation,
     "eval-flags": case_eval_flags,
 }
 
