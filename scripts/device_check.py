@@ -38,21 +38,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-CASES = (("PPO", "Pendulum-v1"), ("SAC", "Pendulum-v1"), ("DQN", "CartPole-v1"), ("A2C", "CartPole-v1"), ("TD3", "Pendulum-v1"))
 PARTS = ("parity", "syncs", "rollouts", "bench")
 
 
 def _models(device: str) -> list[tuple[str, Any]]:
-    import stable_baselines3 as sb3
+    """The bench's five cases, built as the bench builds them."""
+    from sb3_tensorpatch import bench
 
     models = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for algo, env in CASES:
-            model = getattr(sb3, algo)("MlpPolicy", env, device=device, seed=0)
-            if algo == "DQN":
-                model.exploration_rate = 0.0  # the policy's own predict, on every call
-            models.append((f"{algo} {env}", model))
+    for name, algorithm, env_id in bench.CASES:
+        model = bench._build(algorithm, env_id, device)
+        if algorithm == "DQN":
+            model.exploration_rate = 0.0  # the policy's own predict, on every call
+        models.append((name, model))
     return models
 
 
@@ -83,7 +81,7 @@ def part_parity(device: str, quick: bool) -> bool:
                     and tuple(got.shape) == want.shape
                 )
                 ok &= same
-                print(f"  {name:18} batch {rows:3} {'det ' if deterministic else 'stoch'}: {'same bits' if same else 'DIFFERENT'}")
+                print(f"  {name:14} batch {rows:3} {'det ' if deterministic else 'stoch'}: {'same bits' if same else 'DIFFERENT'}")
     return ok
 
 
@@ -110,7 +108,7 @@ def part_syncs(device: str, quick: bool) -> bool:
                     ok = False
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
-                print(f"  {name:18} {'det ' if deterministic else 'stoch'}: {found}")
+                print(f"  {name:14} {'det ' if deterministic else 'stoch'}: {found}")
     return ok
 
 
