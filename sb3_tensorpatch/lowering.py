@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.policies import BasePolicy
 
 Tensor = torch.Tensor
+#: a chain of ops on one tensor, as :func:`_run` compiles it
 Step = Callable[[Tensor], Tensor]
 #: ``actions(obs, deterministic)``: the raw actions ``policy._predict`` would return
 Actions = Callable[[Tensor, bool], Tensor]
@@ -181,21 +182,16 @@ class _Path:
         self.links.append((attributes, name, value))
         return value
 
-    def linear(self, parent: nn.Module, name: str) -> Step:
+    def linear(self, parent: nn.Module, name: str) -> _Op:
         """``parent.name(x)`` for an ``nn.Linear``: ``F.linear(x, weight, bias)`` on the live parameters."""
-        params = self.child(parent, name, nn.Linear)._parameters
+        return _Op("{0}(x, {1}['weight'], {1}['bias'])", _linear, self.child(parent, name, nn.Linear)._parameters)
 
-        def linear(x: Tensor) -> Tensor:
-            return _linear(x, params["weight"], params["bias"])
-
-        return linear
-
-    def sequential(self, parent: nn.Module, name: str) -> list[Step]:
+    def sequential(self, parent: nn.Module, name: str) -> list[_Op]:
         """The steps of ``parent.name``, an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``
         and activations."""
         sequential = self.child(parent, name, nn.Sequential)
         self.dicts.append(sequential._modules)  # an appended or deleted layer changes its size
-        steps: list[Step] = []
+        steps: list[_Op] = []
         fresh = False  # whether the last step made a new tensor, which no one else holds
         for key, module in sequential._modules.items():
             kind = type(module)
@@ -209,7 +205,7 @@ class _Path:
                 # on the new output of a Linear or Conv2d: the same kernel writes the same values in
                 # place, and skips allocating a tensor the size of the layer's output
                 self.child(sequential, key, kind)
-                steps.append(_IN_PLACE[kind])
+                steps.append(_Op("{0}(x)", _IN_PLACE[kind]))
             elif kind in _ACTIVATIONS:
                 self.child(sequential, key, kind)
                 steps.append(_ACTIVATIONS[kind](vars(module)))
@@ -218,31 +214,22 @@ class _Path:
             fresh = kind is nn.Linear or kind is nn.Conv2d
         return steps
 
-    def conv2d(self, parent: nn.Module, name: str) -> Step:
+    def conv2d(self, parent: nn.Module, name: str) -> _Op:
         """``parent.name(x)`` for an ``nn.Conv2d`` with zero padding: ``F.conv2d`` with its live
         parameters and its stride, padding, dilation and groups read as ``_conv_forward`` reads them."""
         conv = self.child(parent, name, nn.Conv2d)
         if self.attribute(conv, "padding_mode") != "zeros":  # other modes pad with F.pad first
             raise Unlowerable(f"{type(parent).__qualname__}.{name} pads with {conv.padding_mode!r}")
-        params, attributes = conv._parameters, vars(conv)
+        return _Op(
+            "{0}(x, {1}['weight'], {1}['bias'], {2}['stride'], {2}['padding'], {2}['dilation'], {2}['groups'])",
+            _conv2d, conv._parameters, vars(conv),
+        )
 
-        def conv2d(x: Tensor) -> Tensor:
-            return _conv2d(
-                x, params["weight"], params["bias"], attributes["stride"], attributes["padding"], attributes["dilation"], attributes["groups"]
-            )
-
-        return conv2d
-
-    def flatten(self, parent: nn.Module, name: str) -> Step:
+    def flatten(self, parent: nn.Module, name: str) -> _Op:
         """``parent.name(x)`` for an ``nn.Flatten``: ``x.flatten(start_dim, end_dim)``."""
-        attributes = vars(self.child(parent, name, nn.Flatten))
+        return _Op("x.flatten({0}['start_dim'], {0}['end_dim'])", vars(self.child(parent, name, nn.Flatten)))
 
-        def flatten(x: Tensor) -> Tensor:
-            return x.flatten(attributes["start_dim"], attributes["end_dim"])
-
-        return flatten
-
-    def features(self, owner: Any, name: str) -> list[Step]:
+    def features(self, owner: Any, name: str) -> list[_Op]:
         """``owner.extract_features(obs, owner.name)`` (SB3's ``BaseModel.extract_features``) as steps.
 
         Only ``Box`` observations are lowered: ``preprocess_obs`` is ``obs.float() / 255.0`` for an
@@ -255,44 +242,28 @@ class _Path:
         if not isinstance(space, sb3.spaces.Box):
             raise Unlowerable(f"{type(space).__name__} observations are not lowered")
         normalize = self.attribute(owner, "normalize_images") and sb3.is_image_space(space)
-        steps: list[Step] = [_unit_range if normalize else Tensor.float]
+        # preprocess_obs: an image Box with normalize_images is scaled to [0, 1]
+        steps = [_Op("x.float() / 255.0" if normalize else "x.float()")]
         extractor = self.child(owner, name, FlattenExtractor, NatureCNN)
         if type(extractor) is FlattenExtractor:
             return [*steps, self.flatten(extractor, "flatten")]
         return steps + self.sequential(extractor, "cnn") + self.sequential(extractor, "linear")
 
 
-def _unit_range(obs: Tensor) -> Tensor:
-    """``preprocess_obs`` for an image ``Box`` with ``normalize_images``."""
-    return obs.float() / 255.0
-
-
-def _activation(function: Callable[..., Tensor], *names: str) -> Callable[[dict[str, Any]], Step]:
+def _activation(function: Callable[..., Tensor], *names: str) -> Callable[[dict[str, Any]], _Op]:
     """A step maker for an activation module whose ``forward`` is ``function(input, *attributes)``:
     the attributes are read from the module's ``__dict__`` on every call, as ``forward`` reads them."""
+    template = "{0}(" + ", ".join(["x", *(f"{{1}}[{name!r}]" for name in names)]) + ")"
 
-    def make(attributes: dict[str, Any]) -> Step:
-        if not names:
-            return function  # type: ignore[return-value]
-        if len(names) == 1:
-            (first,) = names
-
-            def one(x: Tensor) -> Tensor:
-                return function(x, attributes[first])
-
-            return one
-
-        def several(x: Tensor) -> Tensor:
-            return function(x, *[attributes[name] for name in names])
-
-        return several
+    def make(attributes: dict[str, Any]) -> _Op:
+        return _Op(template, function, attributes)
 
     return make
 
 
 #: torch's activation modules SB3's ``activation_fn`` takes, with what each ``forward`` calls
 #: (checked against torch/nn/modules/activation.py: the positional order is the functional's)
-_ACTIVATIONS: dict[type, Callable[[dict[str, Any]], Step]] = {
+_ACTIVATIONS: dict[type, Callable[[dict[str, Any]], _Op]] = {
     nn.Tanh: _activation(torch.tanh),
     nn.Sigmoid: _activation(torch.sigmoid),
     nn.ReLU: _activation(F.relu, "inplace"),
@@ -309,15 +280,40 @@ _ACTIVATIONS: dict[type, Callable[[dict[str, Any]], Step]] = {
 _IN_PLACE: dict[type, Step] = {nn.Tanh: torch.tanh_, nn.ReLU: torch.relu_, nn.Sigmoid: torch.sigmoid_}
 
 
-def _run(steps: list[Step]) -> Step:
-    """One step for a chain of steps."""
-    chain = tuple(steps)
+class _Op:
+    """One op of a lowered chain, as the line of source that makes it: ``template`` is an expression
+    of the input ``x`` in which ``{0}``, ``{1}``, ... stand for ``objects`` (functions, and the live
+    dicts the op reads on every call, such as a module's ``_parameters``)."""
 
-    def run(x: Tensor) -> Tensor:
-        for step in chain:
-            x = step(x)
-        return x
+    __slots__ = ("objects", "template")
 
+    def __init__(self, template: str, *objects: Any) -> None:
+        self.template = template
+        self.objects = objects
+
+
+def _run(ops: list[_Op]) -> Step:
+    """The chain of ``ops`` as one generated function, ``x = op(x)`` line after line.
+
+    At a batch of one row each op costs little more than the Python call that makes it: written out
+    as straight-line code, the chain makes no Python call per op beyond the op itself. A function
+    per op called in a loop took 3-7% longer for PPO's and TD3's actors (``python
+    scripts/microbench.py chain``). The generated code only names the ops' objects, bound in its
+    namespace; the templates are this module's own.
+    """
+    namespace: dict[str, Any] = {"__name__": __name__}
+    names: dict[int, str] = {}
+
+    def name(obj: Any) -> str:
+        if id(obj) not in names:
+            names[id(obj)] = f"_{len(names)}"
+            namespace[names[id(obj)]] = obj
+        return names[id(obj)]
+
+    lines = [f"    x = {op.template.format(*map(name, op.objects))}" for op in ops]
+    source = "\n".join(["def run(x):", *lines, "    return x", ""])
+    exec(compile(source, "<sb3-tensorpatch lowered chain>", "exec"), namespace)
+    run: Step = namespace["run"]
     return run
 
 
@@ -483,12 +479,11 @@ def _actor_critic(policy: Any, path: _Path) -> tuple[Actions, str]:
     features = path.features(policy, "pi_features_extractor")
     extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=False)  # forward_actor is called, not the module
     path.owner(extractor, MlpExtractor, "forward_actor")
-    latent = _run(features + path.sequential(extractor, "policy_net"))
-    head = path.linear(policy, "action_net")
+    out = _run(features + path.sequential(extractor, "policy_net") + [path.linear(policy, "action_net")])
     draw, _, what = _distribution(policy, path)
 
     def actions(obs: Tensor, deterministic: bool) -> Tensor:
-        return draw(head(latent(obs)), deterministic)
+        return draw(out(obs), deterministic)
 
     return actions, what
 
@@ -510,31 +505,31 @@ def _actor_critic_forward(policy: Any, path: _Path) -> tuple[Forward, str]:
     # shared: self.mlp_extractor(features), so its hooks and forward; else forward_actor / forward_critic
     extractor = path.child(policy, "mlp_extractor", MlpExtractor, called=shared)
     path.owner(extractor, MlpExtractor, *(("forward",) if shared else ()), "forward_actor", "forward_critic")
-    policy_net = _run(path.sequential(extractor, "policy_net"))
-    value_latent = _run(path.sequential(extractor, "value_net"))
+    # each head as one chain: SB3 computes both latents before either head, an order that changes no
+    # value (no op here draws from a generator, and none writes to a tensor the other chain reads)
+    policy_net = [*path.sequential(extractor, "policy_net"), path.linear(policy, "action_net")]
+    value_net = [*path.sequential(extractor, "value_net"), path.linear(policy, "value_net")]
     if shared:
         features = _run(path.features(policy, "features_extractor"))
+        action_out, value_out = _run(policy_net), _run(value_net)
 
-        def latents(obs: Tensor) -> tuple[Tensor, Tensor]:
+        def heads(obs: Tensor) -> tuple[Tensor, Tensor]:
             shared_features = features(obs)
-            return policy_net(shared_features), value_latent(shared_features)
+            return action_out(shared_features), value_out(shared_features)
 
     else:
-        pi_features = _run(path.features(policy, "pi_features_extractor"))
-        vf_features = _run(path.features(policy, "vf_features_extractor"))
+        action_out = _run(path.features(policy, "pi_features_extractor") + policy_net)
+        value_out = _run(path.features(policy, "vf_features_extractor") + value_net)
 
-        def latents(obs: Tensor) -> tuple[Tensor, Tensor]:
-            return policy_net(pi_features(obs)), value_latent(vf_features(obs))
+        def heads(obs: Tensor) -> tuple[Tensor, Tensor]:
+            return action_out(obs), value_out(obs)
 
-    value = path.linear(policy, "value_net")
-    head = path.linear(policy, "action_net")
     _, draw_scored, what = _distribution(policy, path)
     shape = (-1, *path.attribute(policy, "action_space").shape)  # forward reshapes the actions to it
 
     def forward(obs: Tensor, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
-        latent_pi, latent_vf = latents(obs)
-        values = value(latent_vf)
-        actions, log_prob = draw_scored(head(latent_pi), deterministic)
+        out, values = heads(obs)
+        actions, log_prob = draw_scored(out, deterministic)
         return actions.reshape(shape), values, log_prob
 
     return forward, what
@@ -546,10 +541,12 @@ def _q_network(policy: Any, path: _Path) -> tuple[Actions, str]:
     path.owner(policy, DQNPolicy, "_predict")
     q_net = path.child(policy, "q_net", QNetwork)  # QNetwork._predict calls self(observation)
     path.owner(q_net, QNetwork, "_predict", "forward", "extract_features")
-    q_values = _run(path.features(q_net, "features_extractor") + path.sequential(q_net, "q_net"))
+    # QNetwork._predict: q_values.argmax(dim=1).reshape(-1)
+    argmax = _Op("x.argmax(dim=1).reshape(-1)")
+    greedy_actions = _run(path.features(q_net, "features_extractor") + path.sequential(q_net, "q_net") + [argmax])
 
     def greedy(obs: Tensor, deterministic: bool) -> Tensor:
-        return q_values(obs).argmax(dim=1).reshape(-1)
+        return greedy_actions(obs)
 
     return greedy, "greedy Q"
 
@@ -563,16 +560,18 @@ def _sac_actor(policy: Any, path: _Path) -> tuple[Actions, str]:
     path.owner(actor, policies.Actor, "forward", "get_action_dist_params", "extract_features")
     if path.attribute(actor, "use_sde") is not False or type(path.attribute(actor, "action_dist")) is not SquashedDiagGaussianDistribution:
         raise Unlowerable("SAC with gSDE is not lowered")
-    latent = _run(path.features(actor, "features_extractor") + path.sequential(actor, "latent_pi"))
-    mu = path.linear(actor, "mu")
-    log_std = path.linear(actor, "log_std")
+    latent_ops = path.features(actor, "features_extractor") + path.sequential(actor, "latent_pi")
+    mu_op = path.linear(actor, "mu")
+    # the squashed Gaussian's mode, tanh(mean), in place on the mean the Linear has just made
+    mode = _run([*latent_ops, mu_op, _Op("{0}(x)", torch.tanh_)])
+    latent, mu, log_std = _run(latent_ops), _run([mu_op]), _run([path.linear(actor, "log_std")])
     low, high = policies.LOG_STD_MIN, policies.LOG_STD_MAX
 
     def squashed(obs: Tensor, deterministic: bool) -> Tensor:
+        if deterministic:
+            return mode(obs)
         hidden = latent(obs)
         mean = mu(hidden)
-        if deterministic:
-            return torch.tanh(mean)
         return torch.tanh(_gaussian_sample(mean, _gaussian_std(mean, torch.clamp(log_std(hidden), low, high))))
 
     return squashed, "squashed diagonal Gaussian"

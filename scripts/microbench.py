@@ -31,6 +31,10 @@ Cases:
     The lowered path's activation on a ``Linear``'s fresh output: ``torch.tanh_`` in place against
     ``torch.tanh`` into a new tensor, for batches of 1, 64, 1024 and 4096 rows of 64 features (the
     ``Linear`` is timed in both variants).
+``chain``
+    The lowered path's chain of ops at a batch of one row (PPO's actor up to the action net, TD3's actor):
+    the generated straight-line function against the same ops each behind a function of its own,
+    called in a loop (the lowered path before it generated its chains), and the actor's modules.
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
@@ -250,6 +254,57 @@ def case_activation(rounds: int, ms: float) -> None:
             )
 
 
+def case_chain(rounds: int, ms: float) -> None:
+    import stable_baselines3 as sb3
+
+    from sb3_tensorpatch import lowering
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ppo = sb3.PPO("MlpPolicy", "Pendulum-v1", device="cpu", seed=0).policy.eval()
+        td3 = sb3.TD3("MlpPolicy", "Pendulum-v1", device="cpu", seed=0).policy.eval()
+    path = lowering._Path()
+    chains = {
+        "PPO actor": (
+            [
+                *path.features(ppo, "pi_features_extractor"),
+                *path.sequential(ppo.mlp_extractor, "policy_net"),
+                path.linear(ppo, "action_net"),
+            ],
+            torch.nn.Sequential(ppo.pi_features_extractor, ppo.mlp_extractor.policy_net, ppo.action_net),
+        ),
+        "TD3 actor": (
+            [*path.features(td3.actor, "features_extractor"), *path.sequential(td3.actor, "mu")],
+            torch.nn.Sequential(td3.actor.features_extractor, td3.actor.mu),
+        ),
+    }
+    obs = torch.zeros(1, 3)
+    with torch.no_grad():
+        for title, (ops, modules) in chains.items():
+            generated = lowering._run(ops)
+            one_by_one = tuple(lowering._run([op]) for op in ops)
+
+            def looped(x: torch.Tensor, steps: tuple[Any, ...] = one_by_one) -> torch.Tensor:
+                for step in steps:
+                    x = step(x)
+                return x
+
+            if not torch.equal(generated(obs), looped(obs)) or not torch.equal(generated(obs), modules(obs)):
+                raise AssertionError(f"{title}: the variants differ")
+            report(
+                f"chain: {title}, {len(ops)} ops, one row",
+                interleaved(
+                    {
+                        "generated chain": lambda run=generated: run(obs),
+                        "a function per op, looped": lambda: looped(obs),
+                        "the modules": lambda run=modules: run(obs),
+                    },
+                    rounds,
+                    ms,
+                ),
+            )
+
+
 def case_eval_flags(rounds: int, ms: float) -> None:
     import operator
 
@@ -286,6 +341,7 @@ CASES: dict[str, Callable[[int, float], None]] = {
     "unsqueeze": case_unsqueeze,
     "unscale": case_unscale,
     "activation": case_activation,
+    "chain": case_chain,
     "eval-flags": case_eval_flags,
 }
 
