@@ -35,6 +35,12 @@ Cases:
     The lowered path's chain of ops at a batch of one row (PPO's actor up to the action net, TD3's actor):
     the generated straight-line function against the same ops each behind a function of its own,
     called in a loop (the lowered path before it generated its chains), and the actor's modules.
+``parts``
+    Where a batch-of-one ``predict(tensor)`` spends its time, for the bench's five cases
+    (deterministic): the traced actor (the bench's reference), the ops the lowered path makes (network,
+    distribution and SB3's post-processing, with autograd off: no checks), and the whole
+    ``model.predict(tensor)``, whose difference from the ops is the route's checks (input
+    validation, eval flags, the lowered path's liveness, the patch's dispatch).
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
@@ -305,6 +311,48 @@ def case_chain(rounds: int, ms: float) -> None:
             )
 
 
+def _parts(title: str, model: Any, rounds: int, ms: float) -> None:
+    import sb3_tensorpatch
+    from sb3_tensorpatch import bench_reference, routes
+    from sb3_tensorpatch.plans import plan_for
+
+    obs = torch.as_tensor(model.observation_space.sample()[None])
+    traced = bench_reference.traced_actor(bench_reference.eager_actor(model.policy), obs)
+    sb3_tensorpatch.enable()
+    try:
+        model.predict(obs, deterministic=True)
+        plan = plan_for(model.policy)
+        if plan.lowered is None:
+            raise AssertionError(f"{title}: not lowered")
+        run = plan.lowered.run
+
+        def traced_call() -> Any:
+            with torch.no_grad():  # as the bench calls it
+                return traced(obs)
+
+        report(
+            f"parts: {title}, one row, deterministic",
+            interleaved(
+                {
+                    "traced actor": traced_call,
+                    "the lowered ops, no checks": lambda: routes._lowered_finished(plan, run, True, True, obs, True),
+                    "model.predict(tensor)": lambda: model.predict(obs, deterministic=True),
+                },
+                rounds,
+                ms,
+            ),
+        )
+    finally:
+        sb3_tensorpatch.disable()
+
+
+def case_parts(rounds: int, ms: float) -> None:
+    from sb3_tensorpatch import bench
+
+    for title, algorithm, env_id in bench.CASES:
+        _parts(title, bench._build(algorithm, env_id, "cpu"), rounds, ms)
+
+
 def case_eval_flags(rounds: int, ms: float) -> None:
     import operator
 
@@ -342,6 +390,7 @@ CASES: dict[str, Callable[[int, float], None]] = {
     "unscale": case_unscale,
     "activation": case_activation,
     "chain": case_chain,
+    "parts": case_parts,
     "eval-flags": case_eval_flags,
 }
 
