@@ -128,6 +128,26 @@ def test_lowered_parity(algo: str, act_kind: str, policy_kwargs: dict[str, Any],
     assert len(lowered_calls) == 2 * 3  # model and policy, three observations each
 
 
+@pytest.mark.parametrize("algo", ["PPO", "A2C"])
+def test_categorical_mode_breaks_a_rounding_tie_as_sb3_does(algo: str, lowered_calls: list[int]) -> None:
+    """SB3's deterministic Discrete action is the argmax of ``softmax(logits - logsumexp(logits))``, not of the
+    logits: for logits ``[0, 1e-8]`` both normalised logits round to one float32 and SB3 picks action 0.
+    An exported actor's ``argmax(logits)`` picks 1 (the docs' reason A2C's lowered path cannot skip those ops)."""
+    model = _model(algo, "Discrete")
+    with torch.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.fill_(-10.0)
+        model.policy.action_net.bias[:2] = torch.tensor([0.0, 1e-8])
+    observations = _observations()
+    _assert_parity(model, observations, deterministic=True)
+    assert len(lowered_calls) == 2 * len(observations)
+    for obs in observations:
+        actions, _ = model.predict(obs, deterministic=True)
+        assert np.all(actions == 0)
+    logits = model.policy.action_net(torch.zeros(1, model.policy.action_net.in_features))
+    assert logits.argmax(dim=1).item() == 1
+
+
 @pytest.mark.parametrize("algo,act_kind", [("PPO", "Box"), ("PPO", "Discrete"), ("PPO", "MultiDiscrete"), ("A2C", "MultiBinary"), ("SAC", "Box")])
 def test_stochastic_draws_follow_the_seed(algo: str, act_kind: str, lowered_calls: list[int]) -> None:
     # the stochastic parity above has teeth: other seeds give other actions on both paths
