@@ -38,9 +38,10 @@ Cases:
 ``parts``
     Where a batch-of-one ``predict(tensor)`` spends its time, for the bench's five cases
     (deterministic): the traced actor (the bench's reference), the ops the lowered path makes (network,
-    distribution and SB3's post-processing, with autograd off: no checks), and the whole
-    ``model.predict(tensor)``, whose difference from the ops is the route's checks (input
-    validation, eval flags, the lowered path's liveness, the patch's dispatch).
+    distribution and SB3's post-processing, with autograd off: no checks), deterministic and
+    stochastic, and the whole ``model.predict(tensor)``, whose difference from the deterministic ops
+    is the route's checks (input validation, eval flags, the lowered path's liveness, the patch's
+    dispatch).
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
@@ -331,11 +332,12 @@ def _parts(title: str, model: Any, rounds: int, ms: float) -> None:
                 return traced(obs)
 
         report(
-            f"parts: {title}, one row, deterministic",
+            f"parts: {title}, one row",
             interleaved(
                 {
                     "traced actor": traced_call,
                     "the lowered ops, no checks": lambda: routes._lowered_finished(plan, run, True, True, obs, True),
+                    "the same, stochastic": lambda: routes._lowered_finished(plan, run, True, True, obs, False),
                     "model.predict(tensor)": lambda: model.predict(obs, deterministic=True),
                 },
                 rounds,
