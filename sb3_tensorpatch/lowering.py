@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from stable_baselines3.common.policies import BasePolicy
 
 Tensor = torch.Tensor
-#: a chain of ops on one tensor, as :func:`_run` compiles it
+#: a function of one tensor: a chain of ops as :func:`_run` compiles it, or one in-place activation
 Step = Callable[[Tensor], Tensor]
 #: ``actions(obs, deterministic)``: the raw actions ``policy._predict`` would return
 Actions = Callable[[Tensor, bool], Tensor]
@@ -118,6 +118,43 @@ class Lowered(Generic[Function]):
         the plan was built.
         """
         return list(map(len, self._dicts)) == self._sizes and all(map(_is, map(_getitem, self._parents, self._names), self._children))
+
+
+class _Op:
+    """One op of a lowered chain, as the line of source that makes it: ``template`` is an expression
+    of the input ``x`` in which ``{0}``, ``{1}``, ... stand for ``objects`` (functions, and the live
+    dicts the op reads on every call, such as a module's ``_parameters``)."""
+
+    __slots__ = ("objects", "template")
+
+    def __init__(self, template: str, *objects: Any) -> None:
+        self.template = template
+        self.objects = objects
+
+
+def _run(ops: list[_Op]) -> Step:
+    """The chain of ``ops`` as one generated function, ``x = op(x)`` line after line.
+
+    At a batch of one row each op costs little more than the Python call that makes it: written out
+    as straight-line code, the chain makes no Python call per op beyond the op itself. A function
+    per op called in a loop took 3-7% longer for PPO's and TD3's actors (``python
+    scripts/microbench.py chain``). The generated code only names the ops' objects, bound in its
+    namespace; the templates are this module's own.
+    """
+    namespace: dict[str, Any] = {"__name__": __name__}
+    names: dict[int, str] = {}
+
+    def name(obj: Any) -> str:
+        if id(obj) not in names:
+            names[id(obj)] = f"_{len(names)}"
+            namespace[names[id(obj)]] = obj
+        return names[id(obj)]
+
+    lines = [f"    x = {op.template.format(*map(name, op.objects))}" for op in ops]
+    source = "\n".join(["def run(x):", *lines, "    return x", ""])
+    exec(compile(source, "<sb3-tensorpatch lowered chain>", "exec"), namespace)
+    run: Step = namespace["run"]
+    return run
 
 
 class _Path:
@@ -187,32 +224,32 @@ class _Path:
         return _Op("{0}(x, {1}['weight'], {1}['bias'])", _linear, self.child(parent, name, nn.Linear)._parameters)
 
     def sequential(self, parent: nn.Module, name: str) -> list[_Op]:
-        """The steps of ``parent.name``, an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``
+        """The ops of ``parent.name``, an ``nn.Sequential`` of ``Linear``, ``Conv2d``, ``Flatten``
         and activations."""
         sequential = self.child(parent, name, nn.Sequential)
         self.dicts.append(sequential._modules)  # an appended or deleted layer changes its size
-        steps: list[_Op] = []
+        ops: list[_Op] = []
         fresh = False  # whether the last step made a new tensor, which no one else holds
         for key, module in sequential._modules.items():
             kind = type(module)
             if kind is nn.Linear:
-                steps.append(self.linear(sequential, key))
+                ops.append(self.linear(sequential, key))
             elif kind is nn.Conv2d:
-                steps.append(self.conv2d(sequential, key))
+                ops.append(self.conv2d(sequential, key))
             elif kind is nn.Flatten:
-                steps.append(self.flatten(sequential, key))
+                ops.append(self.flatten(sequential, key))
             elif fresh and kind in _IN_PLACE:
                 # on the new output of a Linear or Conv2d: the same kernel writes the same values in
                 # place, and skips allocating a tensor the size of the layer's output
                 self.child(sequential, key, kind)
-                steps.append(_Op("{0}(x)", _IN_PLACE[kind]))
+                ops.append(_Op("{0}(x)", _IN_PLACE[kind]))
             elif kind in _ACTIVATIONS:
                 self.child(sequential, key, kind)
-                steps.append(_ACTIVATIONS[kind](vars(module)))
+                ops.append(_ACTIVATIONS[kind](vars(module)))
             else:
                 raise Unlowerable(f"{kind.__qualname__} in {type(parent).__qualname__}.{name} is not lowered")
             fresh = kind is nn.Linear or kind is nn.Conv2d
-        return steps
+        return ops
 
     def conv2d(self, parent: nn.Module, name: str) -> _Op:
         """``parent.name(x)`` for an ``nn.Conv2d`` with zero padding: ``F.conv2d`` with its live
@@ -230,7 +267,7 @@ class _Path:
         return _Op("x.flatten({0}['start_dim'], {0}['end_dim'])", vars(self.child(parent, name, nn.Flatten)))
 
     def features(self, owner: Any, name: str) -> list[_Op]:
-        """``owner.extract_features(obs, owner.name)`` (SB3's ``BaseModel.extract_features``) as steps.
+        """``owner.extract_features(obs, owner.name)`` (SB3's ``BaseModel.extract_features``) as ops.
 
         Only ``Box`` observations are lowered: ``preprocess_obs`` is ``obs.float() / 255.0`` for an
         image space when ``normalize_images`` is set, ``obs.float()`` otherwise. Only SB3's
@@ -243,15 +280,15 @@ class _Path:
             raise Unlowerable(f"{type(space).__name__} observations are not lowered")
         normalize = self.attribute(owner, "normalize_images") and sb3.is_image_space(space)
         # preprocess_obs: an image Box with normalize_images is scaled to [0, 1]
-        steps = [_Op("x.float() / 255.0" if normalize else "x.float()")]
+        ops = [_Op("x.float() / 255.0" if normalize else "x.float()")]
         extractor = self.child(owner, name, FlattenExtractor, NatureCNN)
         if type(extractor) is FlattenExtractor:
-            return [*steps, self.flatten(extractor, "flatten")]
-        return steps + self.sequential(extractor, "cnn") + self.sequential(extractor, "linear")
+            return [*ops, self.flatten(extractor, "flatten")]
+        return ops + self.sequential(extractor, "cnn") + self.sequential(extractor, "linear")
 
 
 def _activation(function: Callable[..., Tensor], *names: str) -> Callable[[dict[str, Any]], _Op]:
-    """A step maker for an activation module whose ``forward`` is ``function(input, *attributes)``:
+    """An op maker for an activation module whose ``forward`` is ``function(input, *attributes)``:
     the attributes are read from the module's ``__dict__`` on every call, as ``forward`` reads them."""
     template = "{0}(" + ", ".join(["x", *(f"{{1}}[{name!r}]" for name in names)]) + ")"
 
@@ -278,43 +315,6 @@ _ACTIVATIONS: dict[type, Callable[[dict[str, Any]], _Op]] = {
 #: and ``Sigmoid``, as their in-place twins: used on a tensor the lowered path has just made. ``ReLU``'s
 #: ``inplace`` flag chooses between these very two functions, which give the same values.
 _IN_PLACE: dict[type, Step] = {nn.Tanh: torch.tanh_, nn.ReLU: torch.relu_, nn.Sigmoid: torch.sigmoid_}
-
-
-class _Op:
-    """One op of a lowered chain, as the line of source that makes it: ``template`` is an expression
-    of the input ``x`` in which ``{0}``, ``{1}``, ... stand for ``objects`` (functions, and the live
-    dicts the op reads on every call, such as a module's ``_parameters``)."""
-
-    __slots__ = ("objects", "template")
-
-    def __init__(self, template: str, *objects: Any) -> None:
-        self.template = template
-        self.objects = objects
-
-
-def _run(ops: list[_Op]) -> Step:
-    """The chain of ``ops`` as one generated function, ``x = op(x)`` line after line.
-
-    At a batch of one row each op costs little more than the Python call that makes it: written out
-    as straight-line code, the chain makes no Python call per op beyond the op itself. A function
-    per op called in a loop took 3-7% longer for PPO's and TD3's actors (``python
-    scripts/microbench.py chain``). The generated code only names the ops' objects, bound in its
-    namespace; the templates are this module's own.
-    """
-    namespace: dict[str, Any] = {"__name__": __name__}
-    names: dict[int, str] = {}
-
-    def name(obj: Any) -> str:
-        if id(obj) not in names:
-            names[id(obj)] = f"_{len(names)}"
-            namespace[names[id(obj)]] = obj
-        return names[id(obj)]
-
-    lines = [f"    x = {op.template.format(*map(name, op.objects))}" for op in ops]
-    source = "\n".join(["def run(x):", *lines, "    return x", ""])
-    exec(compile(source, "<sb3-tensorpatch lowered chain>", "exec"), namespace)
-    run: Step = namespace["run"]
-    return run
 
 
 def _gaussian_std(mean: Tensor, log_std: Tensor) -> Tensor:
