@@ -36,12 +36,11 @@ Cases:
     the generated straight-line function against the same ops each behind a function of its own,
     called in a loop (the lowered path before it generated its chains), and the actor's modules.
 ``parts``
-    Where a batch-of-one ``predict(tensor)`` spends its time, for the bench's five cases
-    (deterministic): the traced actor (the bench's reference), the ops the lowered path makes (network,
-    distribution and SB3's post-processing, with autograd off: no checks), deterministic and
-    stochastic, and the whole ``model.predict(tensor)``, whose difference from the deterministic ops
-    is the route's checks (input validation, eval flags, the lowered path's liveness, the patch's
-    dispatch).
+    Where a batch-of-one ``predict(tensor)`` spends its time, for the bench's five cases: the traced
+    actor (the bench's reference, deterministic), the ops the lowered path makes (network, distribution
+    and SB3's post-processing, with autograd off: no checks), deterministic and stochastic, and the
+    whole deterministic ``model.predict(tensor)``, whose difference from the deterministic ops is the
+    route's checks (input validation, eval flags, the lowered path's liveness, the patch's dispatch).
 ``unscale``
     SAC's unscaling of one action row: ``addcmul`` after ``+ 1`` (two ops, used where every half-range
     is a power of two) against three ops, and adding a cached 0-d ``1.0`` against the Python float.
